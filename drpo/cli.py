@@ -1,0 +1,54 @@
+"""The `drpo` command. Each subcommand lives in its own module, imported only when used.
+
+A subcommand module defines `add_arguments(parser)` and `main(args) -> int | None`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from drpo import __version__
+
+# name -> (module, one-line help). Modules are imported lazily so `drpo --help` is instant.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "toy": ("drpo.toy", "2-D demonstration of the drift field (writes a figure, < 30 s on a laptop)"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drpo",
+        description="Drifting Preference Optimization for one-step text-to-image generators.",
+    )
+    parser.add_argument("--version", action="version", version=f"drpo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the chosen command's module is imported
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.main(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        # User errors (bad config, missing file/model) get one clear line, not a traceback.
+        if "DRPO_DEBUG" in __import__("os").environ:
+            raise
+        print(f"drpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

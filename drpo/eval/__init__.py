@@ -1,0 +1,1 @@
+"""Evaluation: sampling, metrics, judging, tables."""

@@ -1,0 +1,1 @@
+"""Trainers: online DrPO, the offline variant and the baselines."""
