@@ -1,0 +1,61 @@
+"""`drpo train --config run.yaml`: one entry point for DrPO, its offline variant and the baselines.
+
+Multi-process: `accelerate launch --num_processes N -m drpo.cli train --config run.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from drpo.train.config import METHODS
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["drpo.candidates=16", "method=dpo"] → nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set drpo.candidates=16")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training YAML (see config/train/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value, e.g. --set steps=10 --set drpo.candidates=16")
+    parser.add_argument("--method", choices=METHODS, help="shortcut for --set method=...")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="continue from the latest checkpoint in output_dir (or the given checkpoint folder)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from drpo.train.config import load_train_config
+    from drpo.train.trainer import Trainer
+
+    overrides = parse_overrides(args.overrides)
+    if args.method:
+        overrides["method"] = args.method
+    cfg = load_train_config(args.config, overrides)
+    tracker = None
+    if cfg.tracking.enabled:
+        from drpo.tracking import training_tracker
+
+        tracker = training_tracker(cfg)
+    try:
+        trainer = Trainer(cfg, resume=args.resume or False, tracker=tracker, progress=not args.no_progress)
+        final = trainer.train()
+    finally:
+        if tracker is not None:
+            tracker.close()
+    if trainer.accelerator.is_main_process:
+        print(f"wrote {final}")
+    return 0

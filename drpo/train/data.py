@@ -1,0 +1,70 @@
+"""Training prompts and the deterministic schedule of who sees which prompt and noise.
+
+Every micro-step of every process is identified by (update, global micro index), where the global
+index is `micro * world_size + rank`. Prompts and noise seeds are pure functions of it, so a run is
+reproduced exactly across process counts (2 processes × GA 1 = 1 process × GA 2) and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+
+def load_prompt_rows(path: str | Path, max_prompts: int | None = None) -> list[dict]:
+    """Rows with at least `prompt` and `prompt_id` (0-based line index unless given).
+
+    JSONL lines carry metadata (e.g. GenEval's tag/include/exclude); plain-text lines are prompts;
+    in a .txt file a line starting with `{` is parsed as JSON (METHOD.md §5.1).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist (config key prompts.path)")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from None
+            if "prompt" not in row:
+                raise ValueError(f"{path}:{i + 1}: a JSON prompt row needs a 'prompt' key")
+        else:
+            row = {"prompt": line.strip()}
+        row.setdefault("prompt_id", i)
+        rows.append(row)
+        if max_prompts is not None and len(rows) >= max_prompts:
+            break
+    if not rows:
+        raise ValueError(f"prompt file {path} holds no prompts")
+    return rows
+
+
+class PromptSchedule:
+    """Shuffled once with a seed (as the authors' trainers do), then read in order, cyclically."""
+
+    def __init__(self, rows: list[dict], shuffle_seed: int, micro_steps_per_update: int, prompts_per_micro: int):
+        self.rows = list(rows)
+        random.Random(shuffle_seed).shuffle(self.rows)
+        self.per_update = micro_steps_per_update  # grad_accum × world size
+        self.per_micro = prompts_per_micro
+
+    def batch(self, update: int, global_micro: int) -> list[dict]:
+        start = (update * self.per_update + global_micro) * self.per_micro
+        return [self.rows[(start + j) % len(self.rows)] for j in range(self.per_micro)]
+
+
+def micro_seed(seed: int, update: int, global_micro: int) -> int:
+    """Seed of the noise drawn at one micro-step (independent of process count)."""
+    return (seed * 1_000_003 + update * 10_007 + global_micro) % (2**63 - 1)
+
+
+def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

@@ -1,0 +1,284 @@
+"""The training loop shared by every method: accelerate, accumulation, clipping, checkpoints, resume,
+MLflow tracking and a progress bar.
+
+Gradients are averaged across processes explicitly once per update (what DDP does with no_sync
+during accumulation): the frozen reference shares the student's weights with its LoRA adapters
+switched off, and a DDP wrapper would hide that switch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drpo.config import config_hash, to_dict
+from drpo.io import write_json
+from drpo.train.base import Method, Models
+from drpo.train.config import TrainConfig
+from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed, torch_generator
+from drpo.train.timing import ComponentTimer
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+NEEDS_FEATURES = {"drpo", "drpo_offline"}
+NEEDS_REWARD = {"drpo", "draft", "dpo", "grpo", "pso", "vggflow"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_models(cfg: TrainConfig, device: torch.device) -> Models:
+    from drpo.models.generators import OneStepGenerator
+
+    dtype = getattr(torch, cfg.model.dtype)
+    gen = OneStepGenerator.from_pretrained(
+        cfg.model.path, cfg.model.family, resolution=cfg.model.resolution, dtype=dtype, device=device
+    )
+    gen.add_lora(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets), dropout=cfg.lora.dropout)
+    reward = features = None
+    if cfg.method in NEEDS_REWARD:
+        from drpo.rewards import build_reward_ensemble
+
+        reward = build_reward_ensemble([to_dict(r) for r in cfg.reward], device=device)
+    if cfg.method in NEEDS_FEATURES:
+        from drpo.models.features import build_feature_map
+
+        options = dict(cfg.features.options)
+        if cfg.features.name == "teacher_unet":
+            options.setdefault("unet", gen.unet)
+            options.setdefault("disable_adapter", gen.reference_mode)
+        features = build_feature_map(cfg.features.name, **options).to(device)
+    return Models(generator=gen, reward=reward, features=features)
+
+
+def build_method(cfg: TrainConfig, models: Models, timer: ComponentTimer) -> Method:
+    from drpo.train.baselines import METHOD_CLASSES
+    from drpo.train.drpo_method import DrPO, OfflineDrPO
+
+    classes = {"drpo": DrPO, "drpo_offline": OfflineDrPO, **METHOD_CLASSES}
+    return classes[cfg.method](cfg, models, timer)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with training_state.json), oldest first."""
+    out = []
+    root = Path(output_dir)
+    if root.exists():
+        for p in root.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m and (p / "training_state.json").exists():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool | str = False, tracker=None, progress: bool = True):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from diffusers.optimization import get_scheduler
+
+        self.cfg = cfg
+        device = resolve_device(cfg.model.device)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
+        acc = self.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+        set_seed(cfg.seed + self.rank)
+        self.device = acc.device
+        self.out = Path(cfg.output_dir)
+        self.timer = ComponentTimer(self.device)
+        self.models = build_models(cfg, self.device)
+        self.gen = self.models.generator
+
+        self.start_step = 0
+        ckpt = self._find_resume(resume)
+        if ckpt is not None:
+            self.gen.load_lora(ckpt)  # before the optimizer is built, so it holds these parameters
+        self.params = [p for p in self.gen.trainable_parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+        # warmup/total are counted in optimizer steps ×num_processes, as accelerate-prepared schedulers step
+        self.scheduler = get_scheduler(
+            o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps * self.world, num_training_steps=cfg.steps * self.world
+        )
+        self.method = build_method(cfg, self.models, self.timer)
+        if cfg.method == "drpo_offline":
+            rows = self.method.pairs.prompt_rows()
+        else:
+            rows = load_prompt_rows(cfg.prompts.path, cfg.prompts.max_prompts)
+        self.schedule = PromptSchedule(rows, cfg.prompts.shuffle_seed, cfg.grad_accum * self.world, cfg.prompts_per_micro_step)
+        self.sample_rows = rows[: cfg.tracking.sample_prompts]
+        if ckpt is not None:
+            self._load_state(ckpt)
+        self.tracker = tracker
+        self.progress = progress and acc.is_main_process
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _find_resume(self, resume: bool | str) -> Path | None:
+        if not resume:
+            return None
+        if isinstance(resume, str) and resume not in ("auto", "latest"):
+            path = Path(resume)
+            if not (path / "training_state.json").exists():
+                raise FileNotFoundError(f"--resume {path}: not a complete checkpoint (no training_state.json)")
+            return path
+        found = list_checkpoints(self.out)
+        return found[-1][1] if found else None
+
+    def _load_state(self, ckpt: Path) -> None:
+        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
+        if "method" in state and hasattr(self.method, "tau"):
+            self.method.tau = state["method"]["tau"]
+        self.start_step = int(state["step"])
+        if self.accelerator.is_main_process:
+            print(f"resumed from {ckpt} at update {self.start_step}")
+
+    def save_checkpoint(self, step: int) -> Path | None:
+        """checkpoint-{step}/: unet_lora/ (PEFT), training_state.pt and .json; written atomically."""
+        acc = self.accelerator
+        rng = acc.gather_for_metrics([_rng_state()], use_gather_object=True) if self.world > 1 else [_rng_state()]
+        final = self.out / f"checkpoint-{step}"
+        if acc.is_main_process:
+            tmp = self.out / f".checkpoint-{step}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.gen.save_lora(tmp)
+            state = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng}
+            if hasattr(self.method, "tau"):
+                state["method"] = {"tau": self.method.tau}
+            torch.save(state, tmp / "training_state.pt")
+            write_json(tmp / "training_state.json", {"step": step, "config_hash": config_hash(self.cfg), "time": time.time()})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            limit = self.cfg.checkpoint.total_limit
+            if limit:
+                for _, old in list_checkpoints(self.out)[:-limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _sync_gradients(self) -> None:
+        if self.world == 1:
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.world
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        sums: dict[str, float] = defaultdict(float)
+        for micro in range(cfg.grad_accum):
+            global_micro = micro * self.world + self.rank
+            batch = self.schedule.batch(step, global_micro)
+            noise_gen = torch_generator(micro_seed(cfg.seed, step, global_micro), self.device)
+            with self.accelerator.autocast():
+                metrics = self.method.backward(batch, 1.0 / cfg.grad_accum, noise_gen)
+            for k, v in metrics.items():
+                sums[k] += v / cfg.grad_accum
+        with self.timer("optimizer"):
+            self._sync_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_update()
+        out = dict(sums)
+        out["grad_norm"] = float(grad_norm)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        timings = self.timer.pop()
+        out.update(timings)
+        out["time/update"] = sum(timings.values())
+        return out
+
+    def sample_grid(self, step: int) -> Path | None:
+        """A grid of the current model's samples for a few fixed prompts and seeds."""
+        from drpo.grid import save_grid
+
+        rows = self.sample_rows
+        if not rows:
+            return None
+        with torch.no_grad():
+            embeds = self.gen.encode_prompts([r["prompt"] for r in rows])
+            noise = self.gen.noise_for_seeds([self.cfg.seed * 1_000_000 + i for i in range(len(rows))])
+            images = self.gen.to_pil(self.gen.decode(self.gen.generate(noise, embeds)))
+        path = self.out / "samples" / f"step_{step:06d}.png"
+        save_grid(path, images, [r["prompt"] for r in rows])
+        return path
+
+    def train(self) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "config.json", to_dict(cfg))
+        bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.method} updates", disable=not self.progress, dynamic_ncols=True)
+        for step in range(self.start_step, cfg.steps):
+            metrics = self.train_step(step)
+            done = step + 1
+            if acc.is_main_process:
+                if self.tracker and done % cfg.tracking.log_every == 0:
+                    self.tracker.log_metrics(metrics, step=done)
+                bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3g}", reward=f"{metrics.get('reward/mean', float('nan')):.3g}")
+            bar.update(1)
+            if cfg.tracking.sample_grid_every and done % cfg.tracking.sample_grid_every == 0 and acc.is_main_process:
+                grid = self.sample_grid(done)
+                if grid and self.tracker:
+                    self.tracker.log_artifact(grid, "samples")
+            if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < cfg.steps:
+                self.save_checkpoint(done)
+        bar.close()
+        final = self.out / "final"
+        if acc.is_main_process:
+            tmp = self.out / ".final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.gen.save_lora(tmp)
+            write_json(tmp / "training_state.json", {"step": cfg.steps, "config_hash": config_hash(cfg), "time": time.time()})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            if self.tracker:
+                self.tracker.log_artifact(final, "final")
+        acc.wait_for_everyone()
+        return final
+
+
+def read_final_lora(path: str | Path) -> dict[str, torch.Tensor]:
+    """The LoRA tensors a run saved (for tests and comparisons)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "unet_lora" / "adapter_model.safetensors"))
+
+
+def run_summary(path: str | Path) -> dict:
+    return json.loads((Path(path) / "training_state.json").read_text())

@@ -1,0 +1,76 @@
+"""The training config: defaults are the paper's SD-Turbo recipe; bad keys and values name the key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from drpo.config import ConfigError, config_hash, flatten, to_dict
+from drpo.train.cli import parse_overrides
+from drpo.train.config import TrainConfig, load_train_config, train_config_from_dict
+from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed
+
+
+def test_defaults_are_the_papers_sd_turbo_recipe():
+    cfg = TrainConfig()
+    d = cfg.drpo
+    assert (d.candidates, d.positives, d.negatives) == (24, 8, 8)
+    assert d.radii == [0.02, 0.05, 0.2] and d.kernel == "laplacian" and d.aggregation == "sum"
+    assert (d.eta_pos, d.eta_neg, d.eta_ref, d.eta_refneg, d.lambda_ref) == (3000, 3000, 3000, 3000, 0.2)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets) == (16, 16, ["to_q", "to_k", "to_v", "to_out.0"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.grad_clip) == (1e-4, 1e-2, 1.0)
+
+
+def test_yaml_round_trip_and_reward_shorthand(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: dpo\nsteps: 3\nreward: clip\noptim: {lr: 1e-5}\ndrpo: {radii: [0.1, 0.3]}\n")
+    cfg = load_train_config(path, {"drpo": {"candidates": 16}})
+    assert cfg.method == "dpo" and cfg.steps == 3 and cfg.optim.lr == 1e-5  # "1e-5" (a YAML string) is a number
+    assert [r.name for r in cfg.reward] == ["clip"] and cfg.drpo.candidates == 16 and cfg.drpo.radii == [0.1, 0.3]
+    again = train_config_from_dict(to_dict(cfg))
+    assert config_hash(again) == config_hash(cfg)
+    assert flatten(to_dict(cfg))["drpo.radii"] == "[0.1, 0.3]"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"drpo": {"candidatez": 3}}, r"unknown key drpo\.candidatez"),
+        ({"drpo": {"radii": [0.1, "x"]}}, r"drpo\.radii\[1\]: expected a number"),
+        ({"steps": "ten"}, r"steps: expected an integer"),
+        ({"method": "ppo"}, r"method: 'ppo' is not one of"),
+        ({"drpo": {"positives": 20, "negatives": 8}}, r"must be <= drpo\.candidates"),
+        ({"reward": [{"name": "clip"}, {"name": "clip"}]}, r"duplicate reward names"),
+        ({"lora": "big"}, r"lora: expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_key_path(data, message):
+    with pytest.raises(ConfigError, match=message):
+        train_config_from_dict(data, source="run.yaml")
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_overrides(["drpo.candidates=16", "method=dpo", "drpo.radii=[0.1,0.2]"]) == {
+        "drpo": {"candidates": 16, "radii": [0.1, 0.2]},
+        "method": "dpo",
+    }
+    with pytest.raises(ValueError, match="KEY.PATH=VALUE"):
+        parse_overrides(["steps"])
+
+
+def test_prompt_rows_and_schedule_are_independent_of_process_count(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(f'{{"prompt": "p{i}", "tag": "t"}}\n' for i in range(10)))
+    rows = load_prompt_rows(path)
+    assert rows[3] == {"prompt": "p3", "tag": "t", "prompt_id": 3}
+    one = PromptSchedule(rows, 42, micro_steps_per_update=2, prompts_per_micro=2)  # 1 process, GA 2
+    two = PromptSchedule(rows, 42, micro_steps_per_update=2, prompts_per_micro=2)  # 2 processes, GA 1
+    for update in range(3):
+        assert [one.batch(update, m) for m in range(2)] == [two.batch(update, r) for r in range(2)]
+    seen = [r["prompt"] for u in range(5) for m in range(2) for r in one.batch(u, m)]
+    assert sorted(seen) == sorted([f"p{i}" for i in range(10)] * 2)  # every prompt, cyclically
+    assert micro_seed(42, 1, 0) != micro_seed(42, 0, 1)
+    txt = tmp_path / "p.txt"
+    txt.write_text("a cat\n\n{\"prompt\": \"a dog\", \"prompt_id\": 7}\n")
+    assert load_prompt_rows(txt) == [{"prompt": "a cat", "prompt_id": 0}, {"prompt": "a dog", "prompt_id": 7}]
+    with pytest.raises(FileNotFoundError, match="prompts.path"):
+        load_prompt_rows(tmp_path / "missing.txt")
