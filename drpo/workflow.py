@@ -1,0 +1,286 @@
+"""What the Snakefile needs to know about a config: validation, the runs, and where outputs go.
+
+The Snakefile stays thin: it asks this module which training runs, sample sets, scores and
+judgements a config implies, and for each job's command-line arguments. Everything here is plain
+Python over the config dict, so it is tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from drpo.config import ConfigError, config_hash, deep_merge, load_yaml
+
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _path_of(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _set_defaults(schema: dict, data: Any) -> None:
+    """Fill `default` values of object properties (jsonschema validates but never fills)."""
+    if not isinstance(data, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in data and "default" in sub:
+            data[key] = copy.deepcopy(sub["default"])
+        if key in data:
+            _set_defaults(sub, data[key])
+
+
+def validate_config(config: dict, source: str = "config", schema_path: Path = SCHEMA) -> dict:
+    """Validate against workflow/schemas/config.schema.yaml; errors name the key path.
+
+    Returns the config with schema defaults filled in, plus cross-reference checks the schema
+    cannot express (a run naming an unknown model, a local model path that does not exist).
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            unknown = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            where = _path_of(err)
+            allowed = ", ".join(sorted(err.schema.get("properties", {})))
+            raise ConfigError(f"{source}: unknown key {where + '.' if where != '<top level>' else ''}{unknown[0]} (allowed: {allowed})")
+        raise ConfigError(f"{source}: {_path_of(err)}: {err.message}")
+    config = copy.deepcopy(config)
+    _set_defaults(schema, config)
+    _check_references(config, source)
+    return config
+
+
+def _check_references(config: dict, source: str) -> None:
+    models, rewards = config.get("models", {}), config.get("rewards", {})
+    prompt_sets, datasets = config.get("prompt_sets", {}), config.get("datasets", {})
+    results = config.get("results", "results")
+    for name, model in models.items():
+        path = model["path"]
+        # Outputs of the workflow (the world's base model) and hub ids are resolved when jobs run.
+        local = path.startswith(("/", "./", "../", "~")) or path.count("/") != 1
+        if local and not path.startswith(results) and not Path(path).expanduser().exists():
+            raise ConfigError(
+                f"{source}: models.{name}.path: {path} does not exist. Point it at a local diffusers "
+                f"folder or use a Hugging Face id that is in the offline cache."
+            )
+    for name, run in config["training"]["runs"].items():
+        if not RUN_NAME.match(name) or "__" in name:
+            raise ConfigError(f"{source}: training.runs.{name}: run names use letters, digits, '-', '_', '.' (no '__')")
+        if run["model"] not in models:
+            raise ConfigError(f"{source}: training.runs.{name}.model: '{run['model']}' is not in models ({', '.join(models)})")
+        if run["method"] != "drpo_offline":
+            if "reward" not in run:
+                raise ConfigError(f"{source}: training.runs.{name}.reward: method {run['method']} needs a reward")
+            if "prompts" not in run:
+                raise ConfigError(f"{source}: training.runs.{name}.prompts: method {run['method']} needs training prompts")
+        if "reward" in run and run["reward"] not in rewards:
+            raise ConfigError(f"{source}: training.runs.{name}.reward: '{run['reward']}' is not in rewards ({', '.join(rewards)})")
+        if "prompts" in run and run["prompts"] not in prompt_sets:
+            raise ConfigError(f"{source}: training.runs.{name}.prompts: '{run['prompts']}' is not in prompt_sets")
+        if run["method"] == "drpo_offline" and run.get("dataset") not in datasets and run.get("dataset") != "world_pairs":
+            raise ConfigError(f"{source}: training.runs.{name}.dataset: '{run.get('dataset')}' is not in datasets")
+    for name, grid in config["training"].get("ablations", {}).items():
+        if grid["run"] not in config["training"]["runs"]:
+            raise ConfigError(f"{source}: training.ablations.{name}.run: '{grid['run']}' is not a run")
+    evaluation = config["evaluation"]
+    for ts in evaluation["test_sets"]:
+        if ts not in prompt_sets:
+            raise ConfigError(f"{source}: evaluation.test_sets: '{ts}' is not in prompt_sets")
+    for name, base in evaluation.get("base_models", {}).items():
+        if base["model"] not in models:
+            raise ConfigError(f"{source}: evaluation.base_models.{name}.model: '{base['model']}' is not in models")
+    if "world" in [p["source"] for p in prompt_sets.values()] and "world" not in config:
+        raise ConfigError(f"{source}: prompt_sets use source 'world' but the config has no world: block")
+
+
+def load_config(path: str | Path) -> dict:
+    from drpo.config import load_yaml
+
+    return validate_config(load_yaml(path), source=str(path))
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training job: a run of the config at one seed (ablation points are runs too)."""
+
+    id: str  # e.g. "drpo-s42", "drpo-kernel-rbf-s42"
+    name: str  # the config's run name (or "<run>-<grid>-<value>")
+    seed: int
+    spec: dict  # method, model, reward, prompts, dataset, label, set
+    overrides: dict  # TrainConfig overrides beyond the defaults
+
+
+def _dotted(key: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
+
+
+def runs(config: dict) -> dict[str, Run]:
+    """Every training job the config implies, by id."""
+    training = config["training"]
+    named: dict[str, tuple[dict, dict]] = {}
+    for name, spec in training["runs"].items():
+        named[name] = (spec, spec.get("set", {}))
+    for grid, ab in training.get("ablations", {}).items():
+        spec = training["runs"][ab["run"]]
+        for i, value in enumerate(ab["values"]):
+            label = ab.get("labels", [None] * len(ab["values"]))[i] or f"{grid}={value}"
+            named[f"{ab['run']}-{grid}-{_slug(value)}"] = (
+                {**spec, "label": label, "ablation": grid, "value": value},
+                deep_merge(spec.get("set", {}), _dotted(ab["key"], value)),
+            )
+    out = {}
+    for name, (spec, overrides) in named.items():
+        for seed in training["seeds"]:
+            rid = f"{name}-s{seed}"
+            out[rid] = Run(rid, name, seed, spec, overrides)
+    return out
+
+
+def eval_models(config: dict) -> dict[str, dict]:
+    """Everything that gets sampled: base models and trained runs, by name (runs by run id)."""
+    out = {}
+    for name, base in config["evaluation"].get("base_models", {}).items():
+        out[name] = {"kind": "base", "model": base["model"], "label": base.get("label", name)}
+    for rid, run in runs(config).items():
+        out[rid] = {"kind": "run", "model": run.spec["model"], "label": run.spec.get("label", run.name), "run": run.name}
+    return out
+
+
+def train_config(config: dict, run_id: str) -> dict:
+    """The TrainConfig dict of one run (what `drpo train --config` reads), checked by TrainConfig."""
+    from drpo.config import to_dict
+    from drpo.train.config import train_config_from_dict
+
+    run = runs(config)[run_id]
+    results = config.get("results", "results")
+    spec = run.spec
+    model = config["models"][spec["model"]]
+    data: dict = copy.deepcopy(config["training"].get("defaults", {}))
+    base = {
+        "method": spec["method"],
+        "seed": run.seed,
+        "output_dir": f"{results}/runs/{run_id}",
+        "model": {k: v for k, v in model.items() if k in ("path", "family", "dtype", "resolution")},
+        "tracking": {"uri": config["tracking"]["uri"], "experiment": config["experiment"], "run_name": run_id,
+                     "tags": {"run": run.name, "label": spec.get("label", run.name)}},
+    }
+    data = deep_merge(data, base)
+    if "reward" in spec:
+        data["reward"] = config["rewards"][spec["reward"]]
+    if "prompts" in spec:
+        data = deep_merge(data, {"prompts": {"path": prompt_path(config, spec["prompts"])}})
+    if spec["method"] == "drpo_offline":
+        data = deep_merge(data, {"offline": {"dataset": dataset_path(config, spec["dataset"])}})
+    data = deep_merge(data, run.overrides)
+    cfg = train_config_from_dict(data, source=f"training.runs.{run.name}")
+    return to_dict(cfg)
+
+
+def write_train_config(config: dict, run_id: str, out: str | Path) -> None:
+    from drpo.io import write_text
+
+    write_text(out, yaml.safe_dump(train_config(config, run_id), sort_keys=False))
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+def results_dir(config: dict) -> str:
+    return config.get("results", "results")
+
+
+def prompt_path(config: dict, name: str) -> str:
+    return f"{results_dir(config)}/prompts/{name}.jsonl"
+
+
+def dataset_path(config: dict, name: str) -> str:
+    if name == "world_pairs":
+        return f"{results_dir(config)}/world/pairs/pairs.jsonl"
+    spec = config.get("datasets", {}).get(name, {})
+    return spec.get("path") or f"{results_dir(config)}/datasets/{name}/pairs.jsonl"
+
+
+def model_marker(config: dict, model_name: str) -> str | None:
+    """The file whose existence means a workflow-built model is ready (None: model is external)."""
+    path = config["models"][model_name]["path"]
+    if path.startswith(results_dir(config)):
+        return f"{path}/model_index.json"
+    return None
+
+
+def config_digest(config: dict) -> str:
+    return config_hash(config)
+
+
+def judge_pairs(config: dict) -> list[tuple[str, str]]:
+    """(method, other) model names compared by the judge: DrPO vs each of `against`, per seed."""
+    judge = config["evaluation"].get("judge")
+    if not judge:
+        return []
+    models = eval_models(config)
+    method = judge.get("method", "drpo")
+    seeds = config["training"]["seeds"]
+    pairs = []
+    for seed in seeds:
+        a = f"{method}-s{seed}"
+        for other in judge.get("against", []):
+            b = other if other in models else f"{other}-s{seed}"
+            if a in models and b in models:
+                pairs.append((a, b))
+    return pairs
+
+
+def to_json(obj: Any) -> str:
+    """Quote a value for a shell command line (JSON is valid YAML for our CLIs)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def launcher(config: dict) -> dict:
+    return {"num_processes": 1, "gpus": 0, **config["training"].get("launcher", {})}
+
+
+def uses_gpu(config: dict) -> bool:
+    return launcher(config)["gpus"] > 0
+
+
+def launch_command(config: dict) -> str:
+    """`drpo` for one process; accelerate for several (multi-GPU training inside one job)."""
+    n = launcher(config)["num_processes"]
+    return "drpo" if n == 1 else f"accelerate launch --num_processes {n} -m drpo.cli"
+
+
+def judge_args(config: dict) -> str:
+    judge = config["evaluation"]["judge"]
+    args = [f"--backend {judge.get('backend', 'world')}", f"--order {judge.get('order', 'hashed')}"]
+    if judge.get("model"):
+        args.append(f"--model {judge['model']}")
+    if judge.get("base_url"):
+        args.append(f"--base-url {judge['base_url']}")
+    if judge.get("max_pairs"):
+        args.append(f"--max-pairs {judge['max_pairs']}")
+    return " ".join(args)

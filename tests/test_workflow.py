@@ -1,0 +1,125 @@
+"""The workflow's config layer and its DAG: schema errors name the key path, every run and table
+the paper needs is in the DAG, and `snakemake -n` plans the paper studies without any weights."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drpo import workflow as wf
+from drpo.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "config" / "config.yaml"
+PAPER = ROOT / "config" / "paper"
+
+
+def default_config() -> dict:
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(colour="red"), r"unknown key colour"),
+        (lambda c: c["training"]["runs"]["drpo"].update(lr=1), r"unknown key training\.runs\.drpo\.lr"),
+        (lambda c: c["training"]["runs"]["drpo"].update(method="ppo"), r"training\.runs\.drpo\.method: 'ppo' is not one of"),
+        (lambda c: c["evaluation"].update(seeds="42"), r"evaluation\.seeds: '42' is not of type 'array'"),
+        (lambda c: c["models"]["shapes-turbo"].update(path="/no/such/model"), r"models\.shapes-turbo\.path: /no/such/model does not exist"),
+        (lambda c: c["training"]["runs"]["dpo"].update(model="sdxl"), r"training\.runs\.dpo\.model: 'sdxl' is not in models"),
+        (lambda c: c["training"]["runs"]["dpo"].update(reward="hps"), r"training\.runs\.dpo\.reward: 'hps' is not in rewards"),
+        (lambda c: c["evaluation"].update(test_sets=["coco"]), r"evaluation\.test_sets: 'coco' is not in prompt_sets"),
+        (lambda c: c.pop("experiment"), r"'experiment' is a required property"),
+    ],
+)
+def test_bad_config_names_the_key_path(edit, message):
+    config = default_config()
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        wf.validate_config(config, source="config.yaml")
+
+
+def test_defaults_are_filled_and_runs_expand_over_seeds_and_ablations():
+    config = wf.validate_config(default_config())
+    assert config["results"] == "results" and config["tracking"]["uri"].startswith("sqlite:///")
+    config["training"]["seeds"] = [42, 43]
+    config["training"]["ablations"] = {"kernel": {"run": "drpo", "key": "drpo.kernel", "values": ["rbf", "cosine"]}}
+    runs = wf.runs(config)
+    assert "drpo-s42" in runs and "drpo-s43" in runs and "drpo-kernel-rbf-s43" in runs
+    assert runs["drpo-kernel-cosine-s42"].overrides["drpo"] == {"binary_reward": True, "kernel": "cosine"}
+    assert len(runs) == 2 * (len(config["training"]["runs"]) + 2)
+
+
+def test_train_config_merges_defaults_run_and_ablation_and_is_a_valid_trainconfig():
+    config = wf.validate_config(default_config())
+    config["training"]["ablations"] = {"eta": {"run": "drpo", "key": "drpo.eta_pos", "values": [1000]}}
+    cfg = wf.train_config(config, "drpo-eta-1000-s42")
+    assert cfg["method"] == "drpo" and cfg["seed"] == 42
+    assert cfg["drpo"]["eta_pos"] == 1000.0 and cfg["drpo"]["binary_reward"] is True
+    assert cfg["drpo"]["candidates"] == 16  # from training.defaults
+    assert cfg["output_dir"] == "results/runs/drpo-eta-1000-s42"
+    assert cfg["prompts"]["path"] == "results/prompts/world_train.jsonl"
+    assert cfg["reward"] == [{"name": "world_checker", "weight": 1.0, "options": {}}]
+    bad = copy.deepcopy(config)
+    bad["training"]["runs"]["drpo"]["set"] = {"drpo": {"candidatez": 3}}
+    with pytest.raises(ConfigError, match=r"training\.runs\.drpo: unknown key drpo\.candidatez"):
+        wf.train_config(bad, "drpo-s42")
+
+
+def test_paper_configs_define_every_table_of_section_6():
+    sd = wf.validate_config(yaml.safe_load((PAPER / "sd-turbo.yaml").read_text()))
+    sdxl = wf.validate_config(yaml.safe_load((PAPER / "sdxl-turbo.yaml").read_text()))
+    assert set(sd["tables"]) >= {"sd_turbo_main", "geneval", "reference", "ablation_K", "ablation_features", "ablation_kernel", "ablation_eta"}
+    assert set(sdxl["tables"]) >= {"sdxl_turbo_main", "judge"}
+    assert sd["evaluation"]["seeds"] == [42, 43, 44, 45, 46]
+    for cfg in (sd, sdxl):
+        methods = {r["method"] for r in cfg["training"]["runs"].values()}
+        assert methods >= {"drpo", "draft", "vggflow", "dpo", "grpo", "pso"}
+    drpo = wf.train_config(sd, "drpo-s42")  # §2.3 / §7 recipe
+    assert (drpo["drpo"]["candidates"], drpo["drpo"]["positives"], drpo["drpo"]["negatives"]) == (24, 8, 8)
+    assert drpo["grad_accum"] == 8 and drpo["steps"] == 1000 and drpo["optim"]["lr"] == 1e-4
+    assert wf.launch_command(sd) == "accelerate launch --num_processes 4 -m drpo.cli"
+
+
+def _dry_run(*args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _job_counts(text: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
+
+
+def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
+    counts = _job_counts(_dry_run())
+    config = wf.validate_config(default_config())
+    n_runs = len(wf.runs(config))
+    n_models = n_runs + len(config["evaluation"]["base_models"])
+    assert counts["train"] == n_runs
+    assert counts["sample"] == n_models
+    assert counts["score"] == n_models * len(config["evaluation"]["metrics"])
+    assert counts["judge"] == len(config["evaluation"]["judge"]["against"])
+    assert counts["world_base"] == 1 and counts["tables"] == 1 and counts["report_html"] == 1
+
+
+@pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])
+def test_dry_run_of_the_paper_configs_needs_no_weights(name):
+    path = PAPER / f"{name}.yaml"
+    counts = _job_counts(_dry_run("--configfile", str(path)))
+    config = wf.validate_config(yaml.safe_load(path.read_text()))
+    assert "world_base" not in counts  # a --configfile replaces the embedded default, it is not merged into it
+    assert counts["train"] == len(wf.runs(config))
+    models = len(wf.runs(config)) + len(config["evaluation"]["base_models"])
+    assert counts["sample"] == models * len(config["evaluation"]["test_sets"])

@@ -1,0 +1,73 @@
+# Evaluation: sample every model on every test set, score every sample set with every metric,
+# and judge DrPO against the others pairwise.
+
+SEEDS = ",".join(map(str, config["evaluation"]["seeds"]))
+
+
+def sample_inputs(wildcards):
+    m = MODELS[wildcards.model]
+    out = {"prompts": wf.prompt_path(config, wildcards.test_set), "model": model_inputs(m["model"])}
+    if m["kind"] == "run":
+        out["lora"] = f"{R}/runs/{wildcards.model}/final/training_state.json"
+    return out
+
+
+def sample_args(wildcards):
+    m = MODELS[wildcards.model]
+    args = f"--model {config['models'][m['model']]['path']}"
+    if m["kind"] == "run":
+        args += f" --lora {R}/runs/{wildcards.model}/final"
+    return args
+
+
+rule sample:
+    input:
+        unpack(sample_inputs),
+    output:
+        f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
+    params:
+        args=sample_args,
+        out=f"{R}/samples/{{test_set}}/{{model}}",
+    threads: THREADS
+    log:
+        f"{R}/logs/sample/{{test_set}}/{{model}}.log",
+    shell:
+        job("sample", test_set="{wildcards.test_set}", model="{wildcards.model}")
+        + "drpo sample {params.args} --prompts {input.prompts} --seeds {SEEDS} --out {params.out} "
+        "--threads {threads} --no-progress > {log} 2>&1"
+
+
+rule score:
+    input:
+        manifest=f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
+        reward=lambda w: reward_inputs([config["evaluation"]["metrics"][w.metric]]),
+    output:
+        scores=f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.parquet",
+        summary=f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.json",
+    params:
+        spec=lambda w: wf.to_json(config["evaluation"]["metrics"][w.metric]),
+    threads: THREADS
+    log:
+        f"{R}/logs/score/{{test_set}}/{{model}}/{{metric}}.log",
+    shell:
+        "drpo score --manifest {input.manifest} --reward-spec {params.spec:q} --metric {wildcards.metric} "
+        "--out {output.scores} --summary {output.summary} > {log} 2>&1"
+
+
+rule judge:
+    input:
+        a=f"{R}/samples/{{test_set}}/{{a}}/manifest.jsonl",
+        b=f"{R}/samples/{{test_set}}/{{b}}/manifest.jsonl",
+    output:
+        judgements=f"{R}/judge/{{test_set}}/{{a}}__vs__{{b}}.jsonl",
+        summary=f"{R}/judge/{{test_set}}/{{a}}__vs__{{b}}.json",
+    params:
+        args=lambda w: wf.judge_args(config),
+    wildcard_constraints:
+        a="|".join(map(re.escape, MODELS)),
+        b="|".join(map(re.escape, MODELS)),
+    log:
+        f"{R}/logs/judge/{{test_set}}/{{a}}__vs__{{b}}.log",
+    shell:
+        "drpo judge --a {input.a} --b {input.b} {params.args} --out {output.judgements} "
+        "--summary {output.summary} > {log} 2>&1"
