@@ -14,6 +14,9 @@ from drpo import __version__
 # name -> (module, one-line help). Modules are imported lazily so `drpo --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("drpo.toy", "2-D demonstration of the drift field (writes a figure, < 30 s on a laptop)"),
+    "train": ("drpo.train.cli", "train DrPO, its offline variant or a baseline from a config (resumable)"),
+    "job": ("drpo.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
+    "sample": ("drpo.eval.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),
 }
 
 

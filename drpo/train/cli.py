@@ -35,12 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="continue from the latest checkpoint in output_dir (or the given checkpoint folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def main(args: argparse.Namespace) -> int:
     from drpo.train.config import load_train_config
     from drpo.train.trainer import Trainer
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.overrides)
     if args.method:
         overrides["method"] = args.method

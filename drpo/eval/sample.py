@@ -1,0 +1,267 @@
+"""`drpo sample`: images of a test set for any generator, with a manifest (METHOD.md §5.1).
+
+Layout: `<out>/seed_<s>/images/<prompt_id:06d>.png` and `<out>/manifest.jsonl`, one row per image
+(prompt_id, prompt, seed, latent seed = seed·10⁶ + prompt_id, checkpoint, sampler settings, image
+path relative to `<out>`, metadata of the prompt row). Finished images are skipped on a re-run, so
+a killed job resumes; `<out>/sampler.json` records the settings, and a change of settings forces a
+full resample rather than a mix. `--shard i/n` samples every n-th image; `drpo sample merge` then
+writes the manifest of all shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from drpo.io import read_jsonl, write_json, write_jsonl
+
+LATENT_SEED_STRIDE = 1_000_000
+
+
+def latent_seed(seed: int, prompt_id: int) -> int:
+    return seed * LATENT_SEED_STRIDE + int(prompt_id)
+
+
+@dataclass
+class SamplerSettings:
+    """Everything that changes the pixels; a change forces a resample."""
+
+    model: str
+    model_type: str = "one_step"  # one_step | multi_step
+    family: str | None = None
+    lora: str | None = None
+    num_inference_steps: int = 1
+    guidance_scale: float = 0.0
+    scheduler: str = "default"
+    resolution: int | None = None
+    dtype: str = "float32"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model_type}:{self.scheduler}:{self.num_inference_steps}:{self.guidance_scale:g}"
+
+
+def image_relpath(seed: int, prompt_id: int) -> str:
+    return f"seed_{seed}/images/{int(prompt_id):06d}.png"
+
+
+def _rows_for(prompts: list[dict], seeds: list[int], settings: SamplerSettings) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        for p in prompts:
+            meta = {k: v for k, v in p.items() if k not in ("prompt", "prompt_id")}
+            rows.append(
+                {
+                    "model_type": settings.model_type,
+                    "sampler": settings.tag,
+                    "num_inference_steps": settings.num_inference_steps,
+                    "guidance_scale": settings.guidance_scale,
+                    "checkpoint_path": settings.lora or settings.model,
+                    "prompt_id": int(p["prompt_id"]),
+                    "prompt": p["prompt"],
+                    "seed": seed,
+                    "latent_seed": latent_seed(seed, p["prompt_id"]),
+                    "image_path": image_relpath(seed, p["prompt_id"]),
+                    "resolution": settings.resolution,
+                    "metadata": meta,
+                }
+            )
+    return rows
+
+
+def _reset_if_settings_changed(out: Path, settings: SamplerSettings) -> None:
+    stamp = out / "sampler.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != asdict(settings):
+        print(f"sampler settings changed since {out} was sampled: resampling everything")
+        for d in out.glob("seed_*"):
+            shutil.rmtree(d, ignore_errors=True)
+        for m in out.glob("manifest*.jsonl"):
+            m.unlink()
+    write_json(stamp, asdict(settings))
+
+
+class _OneStep:
+    def __init__(self, settings: SamplerSettings, device: str):
+        import torch
+
+        from drpo.models.generators import OneStepGenerator
+
+        self.gen = OneStepGenerator.from_pretrained(
+            settings.model, settings.family, resolution=settings.resolution, dtype=getattr(torch, settings.dtype), device=device
+        )
+        if settings.lora:
+            self.gen.load_lora(settings.lora)
+        settings.resolution = self.gen.resolution
+
+    def __call__(self, prompts: list[str], seeds: list[int]):
+        import torch
+
+        with torch.no_grad():
+            latents = self.gen.generate(self.gen.noise_for_seeds(seeds), self.gen.encode_prompts(prompts))
+            return self.gen.to_pil(self.gen.decode(latents))
+
+
+class _MultiStep:
+    """Reference rows of the paper (SD1.5, SD2.1, SDXL, LCM): a diffusers pipeline, per-image generators."""
+
+    SCHEDULERS = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler", "lcm": "LCMScheduler"}
+
+    def __init__(self, settings: SamplerSettings, device: str):
+        import diffusers
+        import torch
+
+        from drpo.hub import resolve_model
+
+        path = resolve_model(settings.model, what="reference model")
+        self.pipe = diffusers.AutoPipelineForText2Image.from_pretrained(path, torch_dtype=getattr(torch, settings.dtype))
+        if settings.scheduler != "default":
+            cls = getattr(diffusers, self.SCHEDULERS[settings.scheduler])
+            self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config)
+        self.pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device, self.settings = device, settings
+
+    def __call__(self, prompts: list[str], seeds: list[int]):
+        import torch
+
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        s = self.settings
+        kwargs = {"height": s.resolution, "width": s.resolution} if s.resolution else {}
+        return self.pipe(
+            prompts, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale, generator=gens, **kwargs
+        ).images
+
+
+def sample(
+    prompts_path: str | Path,
+    out: str | Path,
+    settings: SamplerSettings,
+    seeds: list[int],
+    *,
+    batch_size: int = 4,
+    shard: tuple[int, int] = (0, 1),
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Sample every (seed, prompt) of this shard that is not on disk yet; write the manifest."""
+    from tqdm.auto import tqdm
+
+    from drpo.io import save_image
+    from drpo.train.data import load_prompt_rows
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.model_type == "one_step" and (settings.num_inference_steps != 1 or settings.guidance_scale != 0):
+        raise ValueError("one-step generators sample with num_inference_steps 1 and guidance 0 (METHOD.md §5.1)")
+    prompts = load_prompt_rows(prompts_path)
+    _reset_if_settings_changed(out, settings)
+    index, count = shard
+    rows = [r for i, r in enumerate(_rows_for(prompts, seeds, settings)) if i % count == index]
+    todo = [r for r in rows if not (out / r["image_path"]).exists()]
+    if todo:
+        model = (_OneStep if settings.model_type == "one_step" else _MultiStep)(settings, device)
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {out.name}", disable=not progress, unit="img")
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            images = model([r["prompt"] for r in chunk], [r["latent_seed"] for r in chunk])
+            for row, image in zip(chunk, images):
+                save_image(out / row["image_path"], image)
+            bar.update(len(chunk))
+        bar.close()
+    for r in rows:
+        r["resolution"] = settings.resolution
+    name = "manifest.jsonl" if count == 1 else f"manifest.shard-{index}-of-{count}.jsonl"
+    return write_jsonl(out / name, rows)
+
+
+def merge_shards(out: str | Path) -> Path:
+    """Concatenate `manifest.shard-*.jsonl` into `manifest.jsonl` (sorted by seed, prompt_id)."""
+    out = Path(out)
+    shards = sorted(out.glob("manifest.shard-*-of-*.jsonl"))
+    if not shards:
+        raise FileNotFoundError(f"{out}: no manifest.shard-*-of-*.jsonl to merge")
+    total = {int(p.name.split("-of-")[1].split(".")[0]) for p in shards}
+    if len(total) != 1 or len(shards) != total.pop():
+        raise ValueError(f"{out}: incomplete or mixed shard set: {[p.name for p in shards]}")
+    rows = [r for p in shards for r in read_jsonl(p)]
+    missing = [r["image_path"] for r in rows if not (out / r["image_path"]).exists()]
+    if missing:
+        raise FileNotFoundError(f"{out}: {len(missing)} images listed in shard manifests are missing, e.g. {missing[0]}")
+    rows.sort(key=lambda r: (r["seed"], r["prompt_id"]))
+    return write_jsonl(out / "manifest.jsonl", rows)
+
+
+def load_manifest(path: str | Path) -> list[dict]:
+    """Manifest rows with `image_path` made absolute (relative to the manifest's folder)."""
+    path = Path(path)
+    rows = read_jsonl(path)
+    for r in rows:
+        r["image_path"] = str((path.parent / r["image_path"]).resolve())
+    return rows
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="generator: local diffusers folder or Hugging Face id (offline cache)")
+    parser.add_argument("--family", choices=["sd-turbo", "sdxl-turbo"], help="default: from model_index.json")
+    parser.add_argument("--lora", help="a training checkpoint folder (holding unet_lora/) to apply")
+    parser.add_argument("--prompts", help="prompt file: .txt (one per line) or .jsonl (prompt, prompt_id, metadata)")
+    parser.add_argument("--seeds", default="42", help="comma-separated image seeds (default 42; the paper uses 42,43,44,45,46)")
+    parser.add_argument("--out", help="output folder (images + manifest.jsonl)")
+    parser.add_argument("--multi-step", action="store_true", help="a multi-step reference model through its diffusers pipeline")
+    parser.add_argument("--steps", type=int, default=None, help="multi-step only (default 50)")
+    parser.add_argument("--guidance", type=float, default=None, help="multi-step only (default 7.5)")
+    parser.add_argument("--scheduler", default="default", choices=["default", "ddim", "dpmpp_2m", "lcm"])
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's native size")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="sample every N-th image starting at I")
+    parser.add_argument("--merge", action="store_true", help="only merge shard manifests in --out into manifest.jsonl")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise ValueError("--out is required")
+    if args.merge:
+        print(f"wrote {merge_shards(args.out)}")
+        return 0
+    if not args.model or not args.prompts:
+        raise ValueError("--model and --prompts are required (or --merge)")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.multi_step:
+        settings = SamplerSettings(
+            model=args.model, model_type="multi_step", num_inference_steps=args.steps or 50,
+            guidance_scale=7.5 if args.guidance is None else args.guidance, scheduler=args.scheduler,
+            resolution=args.resolution, dtype=args.dtype,
+        )
+    else:
+        if (args.steps not in (None, 1)) or (args.guidance not in (None, 0.0)):
+            raise ValueError("one-step generators take --steps 1 and --guidance 0; use --multi-step for reference models")
+        settings = SamplerSettings(model=args.model, family=args.family, lora=args.lora, resolution=args.resolution, dtype=args.dtype)
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    path = sample(args.prompts, args.out, settings, seeds, batch_size=args.batch_size, shard=args.shard, device=device, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0

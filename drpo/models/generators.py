@@ -1,0 +1,327 @@
+"""One-step generators (METHOD.md §2.1) behind one small interface: SD-Turbo and SDXL-Turbo.
+
+A generator encodes prompts, maps noise to clean latents in one UNet call (with or without
+gradient), decodes latents to images in [-1, 1], and carries a peft LoRA. Its frozen reference is
+the same UNet with the adapters switched off, so the base weights are never duplicated.
+
+SD-Turbo: the UNet at t = 999 followed by the DDIM jump to t = 0 with SD-2.1's schedule constants;
+for ε-prediction this is exactly the paper's constant projection
+`x = ((z − 0.9977·ε̂)/0.0683)·0.9996 + 0.0292·ε̂`. A model whose scheduler predicts v or the sample
+(the shapes world's base, trained from scratch, uses v: the ε form amplifies UNet error ×14.6)
+goes through the same jump with x̂₀ and ε̂ derived from its prediction.
+SDXL-Turbo: the pipeline's own scheduler (Euler ancestral, trailing) for one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from drpo.hub import resolve_model
+
+# √ᾱ and √(1−ᾱ) of SD-2.1's scaled-linear schedule at t = 999 and t = 0 (METHOD.md §2.1).
+SQRT_ALPHA_T, SQRT_ONE_MINUS_ALPHA_T = 0.0683, 0.9977
+SQRT_ALPHA_0, SQRT_ONE_MINUS_ALPHA_0 = 0.9996, 0.0292
+TIMESTEP = 999
+
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd-turbo", "StableDiffusionXLPipeline": "sdxl-turbo"}
+LORA_DIR = "unet_lora"
+
+
+@dataclass
+class PromptEmbeds:
+    """Text conditioning, one row per prompt."""
+
+    hidden: Tensor  # (B, L, C) encoder_hidden_states
+    pooled: Tensor | None = None  # (B, C2) SDXL text_embeds
+    time_ids: Tensor | None = None  # (B, 6) SDXL added time ids
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def _map(self, fn) -> PromptEmbeds:
+        return PromptEmbeds(*(None if t is None else fn(t) for t in (self.hidden, self.pooled, self.time_ids)))
+
+    def repeat_interleave(self, k: int) -> PromptEmbeds:
+        """Each row k times, consecutively (k candidates per prompt)."""
+        return self._map(lambda t: t.repeat_interleave(k, dim=0))
+
+    def select(self, index: Sequence[int] | Tensor) -> PromptEmbeds:
+        idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index, dtype=torch.long, device=self.hidden.device)
+        return self._map(lambda t: t.index_select(0, idx))
+
+    def to(self, *args, **kwargs) -> PromptEmbeds:
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+
+def read_family(folder: Path) -> str:
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise FileNotFoundError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    name = json.loads(index.read_text()).get("_class_name", "")
+    if name not in PIPELINE_FAMILIES:
+        raise ValueError(f"{index}: pipeline {name!r} is not a one-step family we know ({', '.join(PIPELINE_FAMILIES)}); set model.family")
+    return PIPELINE_FAMILIES[name]
+
+
+class OneStepGenerator:
+    """A one-step text-to-image generator with an optional LoRA (see the module docstring)."""
+
+    def __init__(self, pipe, family: str, *, resolution: int | None = None, dtype: torch.dtype = torch.float32, device="cpu"):
+        self.pipe = pipe
+        self.family = family
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.unet, self.vae, self.scheduler = pipe.unet, pipe.vae, pipe.scheduler
+        self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
+        self.text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+        self.tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scaling_factor = float(self.vae.config.scaling_factor)
+        self.resolution = int(resolution or self.unet.config.sample_size * self.vae_scale_factor)
+        if self.resolution % self.vae_scale_factor:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE factor {self.vae_scale_factor}")
+        side = self.resolution // self.vae_scale_factor
+        self.latent_shape = (int(self.unet.config.in_channels), side, side)
+        self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        for module in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if module is not None:
+                module.requires_grad_(False).eval()
+        # fp16 VAEs overflow in decode unless upcast (SD's VAE says so in its config)
+        self.vae_dtype = torch.float32 if dtype == torch.float16 and self.vae.config.get("force_upcast", False) else dtype
+        pipe.to(self.device)  # weights already carry `dtype` (from_pretrained's dtype)
+        if self.vae_dtype != dtype:
+            self.vae.to(dtype=self.vae_dtype)
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, family: str | None = None, *, resolution: int | None = None,
+        dtype: torch.dtype = torch.float32, device="cpu",
+    ) -> OneStepGenerator:
+        """Load from a local pipeline folder or the Hugging Face cache; never downloads."""
+        folder = resolve_model(path, what="generator")
+        family = family or read_family(folder)
+        if family == "sd-turbo":
+            from diffusers import StableDiffusionPipeline as Pipeline
+        elif family == "sdxl-turbo":
+            from diffusers import StableDiffusionXLPipeline as Pipeline
+        else:
+            raise ValueError(f"family {family!r} is not one of sd-turbo, sdxl-turbo")
+        kwargs = {"dtype": dtype}
+        if family == "sd-turbo":
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        if family == "sdxl-turbo" and (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists():
+            kwargs["variant"] = "fp16"  # SDXL-Turbo ships fp16 weights (METHOD.md §2.1)
+        from diffusers.utils import logging as diffusers_logging
+
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()  # our own bars carry ETAs; loading bars are noise
+        transformers_logging.disable_progress_bar()
+        pipe = Pipeline.from_pretrained(folder, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, family, resolution=resolution, dtype=dtype, device=device)
+
+    # -- prompts and noise ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        prompts = list(prompts)
+        if self.family == "sdxl-turbo":
+            hidden, _, pooled, _ = self.pipe.encode_prompt(
+                prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            r = self.resolution
+            time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=self.dtype, device=self.device).expand(len(prompts), -1)
+            return PromptEmbeds(hidden.to(self.dtype), pooled.to(self.dtype), time_ids.contiguous())
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        return PromptEmbeds(self.text_encoder(ids)[0].to(self.dtype))
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """z ~ N(0, I) of shape (n, C, h, w); no sigma scaling (METHOD.md §2.1)."""
+        device = generator.device if generator is not None else self.device
+        return torch.randn((n, *self.latent_shape), generator=generator, device=device).to(self.device, self.dtype)
+
+    def noise_for_seeds(self, seeds: Sequence[int]) -> Tensor:
+        """One CPU generator per seed, so a seed gives the same noise on every device."""
+        noise = [torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+        return torch.stack(noise).to(self.device, self.dtype)
+
+    # -- the one step ---------------------------------------------------------------------------
+    def _unet(self, sample: Tensor, t, embeds: PromptEmbeds) -> Tensor:
+        kwargs = {}
+        if embeds.pooled is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": embeds.pooled, "time_ids": embeds.time_ids}
+        return self.unet(sample, t, encoder_hidden_states=embeds.hidden, **kwargs).sample
+
+    def _sd_turbo(self, noise: Tensor, embeds: PromptEmbeds) -> Tensor:
+        t = torch.full((noise.shape[0],), TIMESTEP, device=self.device, dtype=torch.long)
+        out = self._unet(noise, t, embeds)
+        if self.prediction_type == "epsilon":
+            eps = out
+            x0 = (noise - SQRT_ONE_MINUS_ALPHA_T * eps) / SQRT_ALPHA_T
+        elif self.prediction_type == "v_prediction":
+            x0 = SQRT_ALPHA_T * noise - SQRT_ONE_MINUS_ALPHA_T * out
+            eps = SQRT_ONE_MINUS_ALPHA_T * noise + SQRT_ALPHA_T * out
+        elif self.prediction_type == "sample":
+            x0 = out
+            eps = (noise - SQRT_ALPHA_T * x0) / SQRT_ONE_MINUS_ALPHA_T
+        else:
+            raise ValueError(f"scheduler prediction_type {self.prediction_type!r} is not epsilon, v_prediction or sample")
+        return SQRT_ALPHA_0 * x0 + SQRT_ONE_MINUS_ALPHA_0 * eps
+
+    def _sdxl_turbo(self, noise: Tensor, embeds: PromptEmbeds) -> Tensor:
+        scheduler = copy.deepcopy(self.scheduler)  # stateful (step index): one fresh copy per call
+        scheduler.set_timesteps(1, device=self.device)
+        t = scheduler.timesteps[0]
+        sample = noise * scheduler.init_noise_sigma
+        out = self._unet(scheduler.scale_model_input(sample, t), t, embeds)
+        # the final ancestral step has zero noise scale; a fixed generator keeps the global RNG untouched
+        return scheduler.step(out, t, sample, generator=torch.Generator(noise.device).manual_seed(0)).prev_sample
+
+    def generate(self, noise: Tensor, embeds: PromptEmbeds, *, reference: bool = False) -> Tensor:
+        """Clean latents (n, C, h, w) from noise in one step; `reference` = the frozen base, no grad."""
+        if len(embeds) != noise.shape[0]:
+            raise ValueError(f"{noise.shape[0]} noises but {len(embeds)} prompt embeddings; use embeds.repeat_interleave(k)")
+        step = self._sdxl_turbo if self.family == "sdxl-turbo" else self._sd_turbo
+        if reference:
+            with self.reference_mode(), torch.no_grad():
+                return step(noise.to(self.dtype), embeds)
+        return step(noise.to(self.dtype), embeds)
+
+    # -- pixels ---------------------------------------------------------------------------------
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents → images in [-1, 1] (differentiable)."""
+        x = latents.to(self.vae_dtype) / self.vae_scaling_factor
+        return self.vae.decode(x).sample.clamp(-1, 1)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] → latents (posterior mode × scaling factor), as the offline variant needs."""
+        post = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
+        return (post.mode() * self.vae_scaling_factor).to(self.dtype)
+
+    @staticmethod
+    def to_uint8(images: Tensor) -> Tensor:
+        return ((images.detach().float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+    @staticmethod
+    def to_pil(images: Tensor) -> list:
+        from PIL import Image
+
+        arr = OneStepGenerator.to_uint8(images).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a) for a in arr]
+
+    # -- LoRA -----------------------------------------------------------------------------------
+    @property
+    def has_lora(self) -> bool:
+        return bool(getattr(self.unet, "peft_config", None))
+
+    def add_lora(self, rank: int = 16, alpha: int = 16, targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0"), dropout: float = 0.0) -> None:
+        """Attach a peft LoRA (B = 0 at init, so the model starts exactly at the base)."""
+        from peft import LoraConfig
+
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout, init_lora_weights=True)
+        self.unet.add_adapter(config)
+        self._lora_to_dtype()
+
+    def _lora_to_dtype(self) -> None:
+        # trainable LoRA weights stay fp32 under fp16/bf16 models (mixed-precision training)
+        for name, p in self.unet.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float()
+                p.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for name, p in self.unet.named_parameters() if "lora_" in name]
+
+    @contextlib.contextmanager
+    def reference_mode(self) -> Iterator[None]:
+        """The frozen base: the same UNet with its adapters switched off (no weight copy)."""
+        if not self.has_lora:
+            yield
+            return
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
+    def save_lora(self, folder: str | os.PathLike) -> Path:
+        """`folder/unet_lora/` in peft's format: adapter_model.safetensors + adapter_config.json."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if not self.has_lora:
+            raise ValueError("this generator has no LoRA to save (call add_lora first)")
+        out = Path(folder) / LORA_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.unet).items()}
+        save_file(state, str(out / "adapter_model.safetensors"))
+        self.unet.peft_config["default"].save_pretrained(str(out))
+        return out
+
+    def load_lora(self, folder: str | os.PathLike) -> None:
+        """Load `folder/unet_lora/` (or a folder that is itself the adapter), adding the adapter if absent."""
+        from peft import LoraConfig
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        src = folder / LORA_DIR if (folder / LORA_DIR).is_dir() else folder
+        weights = src / "adapter_model.safetensors"
+        if not weights.exists():
+            raise FileNotFoundError(f"no LoRA at {src} (expected adapter_model.safetensors and adapter_config.json)")
+        if not self.has_lora:
+            self.unet.add_adapter(LoraConfig.from_pretrained(str(src)))
+        result = set_peft_model_state_dict(self.unet, load_file(str(weights)))
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"{weights}: keys that do not match this UNet, e.g. {unexpected[:3]}")
+        self._lora_to_dtype()
+
+    def fuse_lora(self) -> None:
+        """Merge the LoRA into the base weights and drop the adapter (for export and fast sampling)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if not self.has_lora:
+            return
+        for module in self.unet.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+        self.unet.unload_lora()
+
+    def export_pipeline(self, folder: str | os.PathLike) -> Path:
+        """A standard diffusers pipeline folder with the LoRA fused; the generator itself is unchanged.
+
+        `AutoPipelineForText2Image.from_pretrained(folder)` loads it and samples in one step.
+        """
+        folder = Path(folder)
+        unet = copy.deepcopy(self.unet)
+        clone = replace_unet(self, unet)
+        clone.fuse_lora()
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe = type(self.pipe)(**{**self.pipe.components, "unet": clone.unet})
+        pipe.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return folder
+
+
+def replace_unet(gen: OneStepGenerator, unet) -> OneStepGenerator:
+    """A shallow copy of `gen` that uses another UNet (export fuses a copy, not the original)."""
+    clone = copy.copy(gen)
+    clone.unet = unet
+    return clone
+

@@ -1,0 +1,148 @@
+"""Tiny twins of SD-Turbo and SDXL-Turbo: the same diffusers/transformers classes, random weights.
+
+They are saved as ordinary diffusers pipeline folders, so every code path that loads a real model
+(`OneStepGenerator.from_pretrained`, `AutoPipelineForText2Image`) loads them the same way. Tests
+use them; the shapes world trains one (with a tokenizer over its own words) into its base model.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_WORDS = (
+    "a photo of and the an in on with left right above below two three four "
+    "red green blue yellow purple orange cat dog circle square triangle"
+).split()
+
+
+def build_clip_tokenizer(words: Sequence[str] | None = None, max_length: int = 16):
+    """A CLIP BPE tokenizer in which every given word is one token (unknown words fall back to letters).
+
+    Built from vocab/merges objects: transformers 5 ignores `vocab_file=` for CLIPTokenizer.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ".,'-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for word in dict.fromkeys(w.lower() for w in (words or DEFAULT_WORDS)):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        current = parts[0]
+        for part in parts[1:]:
+            pair = (current, part)
+            if pair not in seen:
+                seen.add(pair)
+                merges.append(pair)
+            current += part
+            vocab.setdefault(current, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _text_encoder_config(vocab_size: int, hidden: int, max_length: int, projection: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_length, projection_dim=projection or hidden,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+
+
+def _vae(resolution: int, channels: Sequence[int], latent_channels: int, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(channels), up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=min(8, channels[0]),
+        sample_size=resolution, scaling_factor=scaling_factor, mid_block_add_attention=False,
+    )
+
+
+def build_tiny_sd_turbo(
+    folder: str | Path,
+    *,
+    resolution: int = 32,
+    words: Sequence[str] | None = None,
+    seed: int = 0,
+    unet_channels: Sequence[int] = (32, 64),
+    vae_channels: Sequence[int] = (16, 32, 32),
+    latent_channels: int = 4,
+    cross_attention_dim: int = 32,
+    prediction_type: str = "epsilon",
+    max_length: int = 16,
+) -> Path:
+    """A StableDiffusionPipeline folder with SD-Turbo's classes and scheduler, tiny and random."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(words, max_length)
+    text_encoder = CLIPTextModel(_text_encoder_config(len(tokenizer), cross_attention_dim, max_length))
+    vae = _vae(resolution, vae_channels, latent_channels, 0.18215)
+    down = 2 ** (len(vae_channels) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // down, in_channels=latent_channels, out_channels=latent_channels,
+        block_out_channels=tuple(unet_channels), layers_per_block=1, norm_num_groups=min(16, unet_channels[0]),
+        down_block_types=("CrossAttnDownBlock2D",) * len(unet_channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(unet_channels),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+    )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, timestep_spacing="trailing", steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sdxl_turbo(
+    folder: str | Path,
+    *,
+    resolution: int = 32,
+    words: Sequence[str] | None = None,
+    seed: int = 0,
+    max_length: int = 16,
+) -> Path:
+    """A StableDiffusionXLPipeline folder with SDXL-Turbo's classes and scheduler, tiny and random."""
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(words, max_length)
+    tokenizer_2 = build_clip_tokenizer(words, max_length)
+    hidden, hidden_2 = 16, 32
+    text_encoder = CLIPTextModel(_text_encoder_config(len(tokenizer), hidden, max_length))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_encoder_config(len(tokenizer_2), hidden_2, max_length, projection=hidden_2))
+    vae = _vae(resolution, (16, 32, 32), 4, 0.13025)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 4, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        norm_num_groups=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=hidden + hidden_2,
+        attention_head_dim=8, transformer_layers_per_block=1, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=hidden_2 + 6 * time_dim,
+    )
+    scheduler = EulerAncestralDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+    )
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder
