@@ -146,3 +146,42 @@ def build_tiny_sdxl_turbo(
     folder = Path(folder)
     pipe.save_pretrained(folder)
     return folder
+
+
+def build_tiny_clip(
+    folder: str | Path | None = None,
+    *,
+    words: Sequence[str] | None = None,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden: int = 32,
+    projection: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    max_length: int = 16,
+):
+    """A CLIPModel + CLIPProcessor pair (the class of PickScore and CLIP-L), tiny and random.
+
+    Returns (model, processor); saves both to `folder` when given. The shapes world trains one
+    contrastively into its PickScore.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(words, max_length)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
+        image_size=image_size, patch_size=patch_size,
+    )
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    if folder is not None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    return model, processor
