@@ -82,6 +82,7 @@ REWARDS: dict[str, str | type] = {
     "imagereward": "drpo.rewards.worker:WorkerReward",
     "geneval": "drpo.rewards.worker:WorkerReward",
     "worker": "drpo.rewards.worker:WorkerReward",
+    "brightness": "drpo.rewards.simple:Brightness",
     "command": "drpo.rewards.blackbox:CommandReward",
     "http": "drpo.rewards.blackbox:HTTPReward",
     "world_checker": "drpo.world.rewards:CheckerReward",
