@@ -108,12 +108,13 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
-        set_seed(cfg.seed + self.rank)
         self.device = acc.device
         self.out = Path(cfg.output_dir)
         self.timer = ComponentTimer(self.device)
+        set_seed(cfg.seed)  # the same LoRA init on every process
         self.models = build_models(cfg, self.device)
         self.gen = self.models.generator
+        set_seed(cfg.seed + self.rank)  # then each process its own stream (as the authors' trainers)
 
         self.start_step = 0
         ckpt = self._find_resume(resume)
