@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("drpo.train.cli", "train DrPO, its offline variant or a baseline from a config (resumable)"),
     "job": ("drpo.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
     "sample": ("drpo.eval.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),
+    "prompts": ("drpo.data.cli", "prepare public prompt sets (sha256-checked), Pick-a-Pic pairs, train/test disjointness"),
+    "world": ("drpo.world.cli", "the synthetic shapes world: GenEval-format prompts, rendered pictures"),
 }
 
 

@@ -1,0 +1,296 @@
+"""Public prompt sets (METHOD.md §5.3): fetch from a local copy or the public source, check sha256,
+write a normalised JSONL.
+
+Output rows: {"prompt_id": int (0-based order in the source), "prompt": str, ...metadata}, with
+PartiPrompts' `category`/`challenge` and GenEval's `tag`/`include`/`exclude` as top-level keys
+(what `drpo sample` copies into each manifest row's metadata). Next to `<out>` a sidecar
+`<out>.sha256.json` records the source file's sha256, so every result can name the exact list.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from drpo.io import atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    name: str
+    filename: str  # name of the verbatim copy in a local folder (e.g. ../shared/data)
+    url: str
+    sha256: str
+    format: str  # "parti_tsv" | "geneval_jsonl" | "lines"
+    count: int
+    license: str
+
+
+PROMPT_SETS: dict[str, PromptSource] = {
+    s.name: s
+    for s in (
+        PromptSource(
+            "partiprompts", "PartiPrompts.tsv",
+            "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv",
+            "fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb", "parti_tsv", 1632, "Apache-2.0",
+        ),
+        PromptSource(
+            "geneval", "geneval_evaluation_metadata.jsonl",
+            "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl",
+            "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", "geneval_jsonl", 553, "MIT",
+        ),
+        PromptSource(
+            "geneval_object_names", "geneval_object_names.txt",
+            "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/object_names.txt",
+            "608f6a0e5c8ca1c7a92b818430141fe268c85b7930b50f4160f1d65893b5bacd", "lines", 80, "MIT",
+        ),
+        PromptSource(
+            "pickapic_test_2048", "pickapic_test_prompts_2048.txt",
+            "https://raw.githubusercontent.com/yifan123/flow_grpo/main/dataset/pickscore/test.txt",
+            "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "lines", 2048, "MIT (Pick-a-Pic)",
+        ),
+    )
+}
+DOWNLOAD_TIMEOUT_S = (10, 60)  # connect, read
+
+
+class ChecksumError(ValueError):
+    """A prompt file whose bytes are not the published ones."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | Path, source: PromptSource) -> str:
+    """The file's sha256; ChecksumError naming file, expected and actual hash when they differ."""
+    actual = sha256_file(path)
+    if actual != source.sha256:
+        raise ChecksumError(
+            f"{path}: sha256 mismatch for prompt set '{source.name}': expected {source.sha256}, got {actual}. "
+            f"The file is not the published {source.filename}; replace it with a verbatim copy of {source.url}"
+        )
+    return actual
+
+
+def _source(name: str) -> PromptSource:
+    if name not in PROMPT_SETS:
+        raise KeyError(f"unknown prompt set '{name}' (known: {', '.join(PROMPT_SETS)}; or use a file)")
+    return PROMPT_SETS[name]
+
+
+def fetch_source(name: str, local_dir: str | Path | None = None, allow_download: bool = False,
+                 download_dir: str | Path | None = None) -> tuple[Path, str]:
+    """(verified file, origin) for prompt set `name`: the local copy if present, else a download."""
+    src = _source(name)
+    if local_dir is not None:
+        local = Path(local_dir) / src.filename
+        if local.exists():
+            verify_sha256(local, src)
+            return local, f"local:{local.resolve()}"
+        if not allow_download:
+            raise FileNotFoundError(
+                f"{local} not found: put a verbatim copy of {src.url} there (sha256 {src.sha256}), "
+                f"or allow downloading (--download)"
+            )
+    if not allow_download:
+        raise FileNotFoundError(
+            f"prompt set '{name}': give a folder holding {src.filename} (--local-dir) or allow downloading (--download)"
+        )
+    target = Path(download_dir or ".") / src.filename
+    if target.exists() and sha256_file(target) == src.sha256:
+        return target, f"download:{src.url}"
+    import requests
+
+    try:
+        resp = requests.get(src.url, timeout=DOWNLOAD_TIMEOUT_S)
+        resp.raise_for_status()
+    except requests.RequestException as err:
+        raise FileNotFoundError(f"prompt set '{name}': download of {src.url} failed ({err})") from None
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(resp.content)
+        verify_sha256(tmp, src)  # a wrong download never lands under the final name
+    return target, f"download:{src.url}"
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def parse_parti_tsv(text: str, where: str = "PartiPrompts.tsv") -> list[dict]:
+    """Rows of the Parti TSV. Quotes are literal text (the file uses no CSV quoting)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    need = {"Prompt", "Category", "Challenge"}
+    if not need <= set(reader.fieldnames or []):
+        raise ValueError(f"{where}: header {reader.fieldnames} lacks {sorted(need - set(reader.fieldnames or []))}")
+    rows = []
+    for i, r in enumerate(reader):
+        if None in r:  # more fields than the header: a tab inside a prompt
+            raise ValueError(f"{where}:{i + 2}: {len(reader.fieldnames) + len(r[None])} fields, expected {len(reader.fieldnames)}")
+        rows.append({"prompt_id": i, "prompt": r["Prompt"].strip(), "category": r["Category"].strip(),
+                     "challenge": r["Challenge"].strip()})
+    return rows
+
+
+def parse_geneval_jsonl(text: str, where: str = "evaluation_metadata.jsonl") -> list[dict]:
+    """GenEval metadata rows, kept verbatim (tag/include/exclude) plus prompt_id."""
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}:{lineno}: not valid JSON ({err.msg})") from None
+        if "prompt" not in row or "tag" not in row:
+            raise ValueError(f"{where}:{lineno}: a GenEval row needs 'prompt' and 'tag'")
+        rows.append({"prompt_id": len(rows), **row})
+    return rows
+
+
+def parse_lines(text: str, where: str = "prompts.txt") -> list[dict]:
+    """One prompt per non-empty line."""
+    return [{"prompt_id": i, "prompt": p} for i, p in enumerate(line.strip() for line in text.splitlines() if line.strip())]
+
+
+PARSERS = {"parti_tsv": parse_parti_tsv, "geneval_jsonl": parse_geneval_jsonl, "lines": parse_lines}
+
+
+def read_prompt_source(name: str, path: str | Path) -> list[dict]:
+    src = _source(name)
+    rows = PARSERS[src.format](Path(path).read_text(encoding="utf-8"), str(path))
+    if len(rows) != src.count:
+        raise ValueError(f"{path}: {len(rows)} prompts, expected {src.count} for prompt set '{name}'")
+    return rows
+
+
+def load_prompts(path: str | Path) -> list[dict]:
+    """Rows from a prompt file: JSONL (rows with 'prompt'), Parti-style TSV, or text (one per line)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".tsv":
+        return parse_parti_tsv(text, str(path))
+    if path.suffix == ".jsonl" or text.lstrip().startswith("{"):
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise ValueError(f"{path}:{lineno}: a prompt row needs a 'prompt' key")
+            row.setdefault("prompt_id", len(rows))
+            rows.append(row)
+        return rows
+    return parse_lines(text, str(path))
+
+
+# -- disjointness -------------------------------------------------------------------------------
+
+
+def normalize_prompt(text: str) -> str:
+    """Lowercase, whitespace collapsed: the identity used to keep train and test apart."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _texts(rows: Iterable[dict | str]) -> list[str]:
+    return [r if isinstance(r, str) else r["prompt"] for r in rows]
+
+
+def check_disjoint(train_rows: Iterable[dict | str], test_rows: Iterable[dict | str], *,
+                   train_name: str = "train", test_name: str = "test") -> None:
+    """Raise ValueError naming the prompts (normalised) that occur in both sets."""
+    test = {normalize_prompt(t) for t in _texts(test_rows)}
+    shared = sorted({n for n in map(normalize_prompt, _texts(train_rows)) if n in test})
+    if shared:
+        shown = "; ".join(repr(s) for s in shared[:10]) + (f"; ... ({len(shared) - 10} more)" if len(shared) > 10 else "")
+        raise ValueError(
+            f"{len(shared)} prompt(s) are in both {train_name} and {test_name} (compared lowercased, "
+            f"whitespace collapsed): {shown}. Remove them from {train_name}."
+        )
+
+
+# -- preparation ----------------------------------------------------------------------------------
+
+
+def sidecar_path(out_path: str | Path) -> Path:
+    return Path(f"{out_path}.sha256.json")
+
+
+def _write(rows: list[dict], out_path: Path, record: dict) -> Path:
+    """Sidecar first, then the JSONL: whoever sees the JSONL also finds its provenance."""
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    record = {**record, "count": len(rows), "output_sha256": hashlib.sha256(body).hexdigest()}
+    write_json(sidecar_path(out_path), record)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(body)
+    return out_path
+
+
+def _check_excludes(rows: list[dict], exclude: Sequence[str | Path], name: str) -> None:
+    for other in exclude:
+        check_disjoint(rows, load_prompts(other), train_name=name, test_name=str(other))
+
+
+def prepare_prompt_set(name: str, out_path: str | Path, local_dir: str | Path | None = None,
+                       allow_download: bool = False, exclude: Sequence[str | Path] = ()) -> Path:
+    """Verified, normalised JSONL of public prompt set `name` at `out_path` (+ sha256 sidecar).
+
+    `exclude`: prompt files that must share no prompt with this set (ValueError otherwise).
+    """
+    out_path = Path(out_path)
+    src = _source(name)
+    path, origin = fetch_source(name, local_dir, allow_download, download_dir=out_path.parent / ".sources")
+    rows = read_prompt_source(name, path)
+    _check_excludes(rows, exclude, name)
+    return _write(rows, out_path, {
+        "name": name, "source_file": src.filename, "source_url": src.url, "source_sha256": src.sha256,
+        "verified": True, "origin": origin, "license": src.license,
+    })
+
+
+def prepare_prompt_file(path: str | Path, out_path: str | Path, exclude: Sequence[str | Path] = ()) -> Path:
+    """A prompt file of our own (txt / jsonl / tsv) → the same normalised JSONL and sidecar."""
+    path = Path(path)
+    rows = load_prompts(path)
+    if not rows:
+        raise ValueError(f"prompt file {path} holds no prompts")
+    rows = [{"prompt_id": int(r.get("prompt_id", i)), **{k: v for k, v in r.items() if k != "prompt_id"}}
+            for i, r in enumerate(rows)]
+    ids = [r["prompt_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: prompt_id values repeat; give each row a unique prompt_id or none")
+    _check_excludes(rows, exclude, str(path))
+    return _write(rows, Path(out_path), {
+        "name": path.stem, "source_file": str(path), "source_url": None, "source_sha256": sha256_file(path),
+        "verified": False, "origin": f"file:{path.resolve()}",
+    })
+
+
+def read_sidecar(out_path: str | Path) -> dict:
+    """The provenance record of a prepared prompt set (for results to cite its sha256)."""
+    path = sidecar_path(out_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: prepare the prompt set with `drpo prompts prepare`")
+    return json.loads(path.read_text())
+
+
+__all__ = [
+    "PROMPT_SETS", "PromptSource", "ChecksumError", "sha256_file", "verify_sha256", "fetch_source",
+    "parse_parti_tsv", "parse_geneval_jsonl", "parse_lines", "read_prompt_source", "load_prompts",
+    "normalize_prompt", "check_disjoint", "prepare_prompt_set", "prepare_prompt_file", "read_sidecar",
+    "sidecar_path",
+]

@@ -1,0 +1,214 @@
+"""GenEval-style correctness from pixels alone: the shapes world's non-differentiable reward.
+
+Detection: foreground = pixels far from the background colour; connected components (8-connected)
+of at least `min_area` pixels; a component holding two palette colours with substantial area each
+is split by colour (touching objects). Each part's shape is its half-way contour (pixels at least
+half-way from the background to the part's colour), which keeps a blurred shape's outline and
+separates same-colour objects that blur joined. Colour = the palette colour nearest to the piece's
+median RGB (none when too far: off-palette blobs match no colour clause). Shape = the best soft-IoU
+match of the piece's box crop (resized to 16 × 16) against each shape rasterised at every size,
+sharp and slightly blurred; the IoU is the detection score. Crops too elongated or matching no
+template well are blobs with shape None, which satisfy no clause.
+
+Rules (GenEval's, as in its evaluator): for each include clause take the `count` highest-scoring
+objects of its class; fewer than `count` fails; a colour clause needs all of them in that colour;
+a position clause needs every one of them in the relation to every object matched by the target
+clause (GenEval's box-centre rule with threshold 0.1). An exclude clause (class, N) fails when N or
+more objects of the class are found — so counting rows (include n, exclude n + 1) mean exactly n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from drpo.world.grammar import SHAPES, validate_row
+from drpo.world.render import BACKGROUND, PALETTE, SceneObject, relations, shape_mask
+
+BG_DISTANCE = 60.0  # RGB distance from the background above which a pixel is foreground
+CORE_DISTANCE = 60.0  # a pixel this close to a palette colour counts as that colour's core
+COLOR_DISTANCE = 90.0  # a component's median RGB must be this close to a palette colour to have a colour
+MIN_AREA_FRACTION = 12 / 1024  # smaller components are noise (12 px at 32 × 32)
+MIN_SCORE = 0.6  # template soft-IoU below which a component is an unrecognised blob
+MAX_ASPECT = 1.6  # world shapes have square boxes; longer components are blobs
+POSITION_THRESHOLD = 0.1  # GenEval's
+TEMPLATE_SIDE = 16
+TEMPLATE_BLURS = (0.0, 0.6, 0.9)  # px; blurrier small shapes are genuinely ambiguous
+
+_PALETTE_NAMES = list(PALETTE)
+_PALETTE_RGB = np.asarray([PALETTE[c] for c in _PALETTE_NAMES], np.float32)
+_BACKGROUND = np.asarray(BACKGROUND, np.float32)
+_EIGHT = np.ones((3, 3), bool)
+
+
+@dataclass
+class CheckResult:
+    correct: bool
+    fraction: float  # fraction of satisfied clauses (include and exclude), a graded reward
+    reason: str
+    objects: list[SceneObject] = field(default_factory=list)
+
+
+def _resize(mask: np.ndarray, side: int = TEMPLATE_SIDE) -> np.ndarray:
+    """Area-average a mask crop to side × side floats in [0, 1] (scale-free shape signature)."""
+    img = Image.fromarray(mask.astype(np.float32))
+    return np.asarray(img.resize((side, side), Image.Resampling.BOX), np.float32)
+
+
+def _blurred(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """A mask blurred by `sigma` px and cut at half height, tightly cropped (a blurry render's shape)."""
+    if sigma == 0:
+        return mask
+    m = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 4), sigma) >= 0.5
+    ys, xs = np.nonzero(m)
+    return m[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+
+
+def _build_templates() -> dict[str, np.ndarray]:
+    # One template per rasterised size and blur (small rasterisations differ); a shape scores its best.
+    return {s: np.stack([_resize(_blurred(shape_mask(s, k), sigma)) for k in range(7, 33) for sigma in TEMPLATE_BLURS])
+            for s in SHAPES}
+
+
+_TEMPLATES = _build_templates()
+_BANK = np.concatenate([t.reshape(len(t), -1) for t in _TEMPLATES.values()])  # (M, side²)
+_BANK_SHAPES = [name for name, t in _TEMPLATES.items() for _ in range(len(t))]
+
+
+def classify_shape(crop: np.ndarray) -> tuple[str | None, float]:
+    """(shape, score) of a tight boolean crop; shape None if elongated or no template fits."""
+    h, w = crop.shape
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return None, 0.0
+    sig = _resize(crop).reshape(1, -1)
+    iou = np.minimum(sig, _BANK).sum(1) / np.maximum(np.maximum(sig, _BANK).sum(1), 1e-6)
+    best = int(iou.argmax())
+    score = float(iou[best])
+    return (_BANK_SHAPES[best] if score >= MIN_SCORE else None), score
+
+
+def _as_hwc_uint8(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8 (or (3, H, W) or PIL), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {arr.dtype}; convert with to_uint8 first")
+    return arr
+
+
+def _pieces(img: np.ndarray, part: np.ndarray, ref: np.ndarray, min_area: int) -> list[np.ndarray]:
+    """The part's pixels at least half-way from the background to `ref`, as connected pieces.
+
+    The half-way contour keeps a blurred shape's outline (a loose foreground mask rounds it off)
+    and separates same-colour objects that blur joined.
+    """
+    d = ref - _BACKGROUND
+    alpha = ((img - _BACKGROUND) @ d) / max(float(d @ d), 1e-6)
+    labels, n = ndimage.label(part & (alpha >= 0.5), structure=_EIGHT)
+    return [m for m in (labels == j for j in range(1, n + 1)) if m.sum() >= min_area]
+
+
+def detect(image, min_area: int | None = None) -> list[SceneObject]:
+    """Objects in an image (H, W, 3) uint8, highest score first."""
+    arr = _as_hwc_uint8(image)
+    img = arr.astype(np.float32)
+    h, w = img.shape[:2]
+    min_area = max(4, round(MIN_AREA_FRACTION * h * w)) if min_area is None else min_area
+    bg_dist = np.sqrt(((img - _BACKGROUND) ** 2).sum(-1))
+    labels, _ = ndimage.label(bg_dist > BG_DISTANCE, structure=_EIGHT)
+    d2 = ((img[:, :, None, :] - _PALETTE_RGB) ** 2).sum(-1)  # (H, W, P)
+    nearest = d2.argmin(-1)
+    core = d2.min(-1) < CORE_DISTANCE**2
+    found: list[SceneObject] = []
+    for k, sl in enumerate(ndimage.find_objects(labels), 1):
+        if sl is None:
+            continue
+        comp = labels[sl] == k
+        if comp.sum() < min_area:
+            continue
+        sub_img = img[sl]
+        counts = np.bincount(nearest[sl][comp & core[sl]], minlength=len(_PALETTE_NAMES))
+        colors = [p for p in range(len(_PALETTE_NAMES)) if counts[p] >= min_area]
+        if len(colors) > 1:  # touching objects of different colours: split by nearest colour among them
+            sub = np.asarray(colors)[d2[sl][..., colors].argmin(-1)]
+            parts = [(comp & (sub == p), _PALETTE_RGB[p]) for p in colors]
+        elif colors:
+            parts = [(comp, _PALETTE_RGB[colors[0]])]
+        else:  # off-palette: its own strongest half sets the reference colour
+            strong = comp & (bg_dist[sl] >= np.median(bg_dist[sl][comp]))
+            parts = [(comp, np.median(sub_img[strong], axis=0))]
+        for part, ref in parts:
+            for piece in _pieces(sub_img, part, ref, min_area):
+                ys, xs = np.nonzero(piece)
+                y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+                median = np.median(sub_img[piece], axis=0)
+                dist = np.sqrt(((_PALETTE_RGB - median) ** 2).sum(-1))
+                color = _PALETTE_NAMES[int(dist.argmin())] if dist.min() < COLOR_DISTANCE else None
+                shape, score = classify_shape(piece[y0:y1, x0:x1])
+                oy, ox = sl[0].start, sl[1].start
+                found.append(SceneObject(shape, color, (int(ox + x0), int(oy + y0), int(ox + x1), int(oy + y1)), score))
+    found.sort(key=lambda o: -o.score)
+    return found
+
+
+def evaluate(objects: Sequence[SceneObject], row: dict) -> CheckResult:
+    """Apply GenEval's include/exclude rules to a list of objects (detected, or drawn: ground truth)."""
+    validate_row(row)
+    by_class: dict[str, list[SceneObject]] = {}
+    for obj in sorted(objects, key=lambda o: -o.score):
+        if obj.shape is not None:
+            by_class.setdefault(obj.shape, []).append(obj)
+    oks: list[bool] = []
+    reasons: list[str] = []
+    matched: list[list[SceneObject] | None] = []
+    for clause in row["include"]:
+        name, n = clause["class"], int(clause["count"])
+        have = by_class.get(name, [])
+        group = have[:n]
+        ok = True
+        if len(group) < n:
+            ok = False
+            reasons.append(f"expected {name}>={n}, found {len(have)}")
+        else:
+            if "color" in clause and sum(o.color == clause["color"] for o in group) < n:
+                ok = False
+                reasons.append(f"expected {clause['color']} {name}, found {' '.join(str(o.color) for o in group)}")
+            if ok and "position" in clause:
+                rel, target = clause["position"][0], int(clause["position"][1])
+                targets = matched[target]
+                if targets is None:
+                    ok = False
+                    reasons.append(f"no target for {name} to be {rel}")
+                else:
+                    for o in group:
+                        bad = [t for t in targets if rel not in relations(o.box, t.box, POSITION_THRESHOLD)]
+                        if bad:
+                            ok = False
+                            got = sorted(relations(o.box, bad[0].box, POSITION_THRESHOLD)) or ["overlapping"]
+                            reasons.append(f"expected {name} {rel} target, found {' and '.join(got)}")
+                            break
+        matched.append(group if ok else None)
+        oks.append(ok)
+    for clause in row.get("exclude", []):
+        name, n = clause["class"], int(clause["count"])
+        k = len(by_class.get(name, []))
+        oks.append(k < n)
+        if k >= n:
+            reasons.append(f"expected {name}<{n}, found {k}")
+    correct = all(oks)
+    return CheckResult(correct, sum(oks) / len(oks), "; ".join(reasons) if reasons else "all clauses satisfied",
+                       list(objects))
+
+
+def check(image, row: dict) -> CheckResult:
+    """GenEval-style verdict on an image (H, W, 3) uint8 for a metadata row, from pixels alone."""
+    validate_row(row)
+    return evaluate(detect(image), row)

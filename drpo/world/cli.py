@@ -1,0 +1,104 @@
+"""`drpo world`: the shapes world's tools (prompts, pictures; later its base model and reward model).
+
+    drpo world prompts --n 200 --seed 0 --out prompts.jsonl          # GenEval-format rows, may repeat
+    drpo world prompts --split test --n-train 400 --n-test 120 --seed 0 --out test.jsonl
+    drpo world prompts --split both --n-train 400 --n-test 120 --out world.jsonl   # world_{train,test}.jsonl
+    drpo world render --prompts test.jsonl --out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from drpo.io import read_jsonl, write_jsonl
+
+
+def _tags(value: str | None) -> list[str] | None:
+    return [t.strip() for t in value.split(",") if t.strip()] if value else None
+
+
+def _summary(rows: list[dict]) -> str:
+    counts = Counter(r["tag"] for r in rows)
+    return ", ".join(f"{t} {n}" for t, n in sorted(counts.items()))
+
+
+def _add_prompts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="JSONL file to write (with --split both: its stem gets _train/_test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, help="number of rows drawn independently (GenEval's generator; may repeat)")
+    p.add_argument("--split", choices=["train", "test", "both"],
+                   help="write disjoint unique sets instead: one of them, or both")
+    p.add_argument("--n-train", type=int, help="with --split: training prompts")
+    p.add_argument("--n-test", type=int, help="with --split: test prompts")
+    p.add_argument("--tags", help="comma-separated subset of tags (default: all six)")
+    p.add_argument("--max-test-fraction", type=float, default=0.5,
+                   help="with --split: at most this fraction of each tag's distinct prompts go to the test set")
+
+
+def _run_prompts(args: argparse.Namespace) -> int:
+    from drpo.world.grammar import generate_prompts, split_prompts
+
+    out = Path(args.out)
+    if args.split is None:
+        if args.n is None:
+            raise ValueError("drpo world prompts: give --n N (or --split with --n-train/--n-test)")
+        rows = generate_prompts(args.n, args.seed, tags=_tags(args.tags))
+        write_jsonl(out, rows)
+        print(f"wrote {len(rows)} prompts ({_summary(rows)}) to {out}")
+        return 0
+    if args.n_train is None or args.n_test is None:
+        raise ValueError("drpo world prompts --split: give both --n-train and --n-test (the split depends on both)")
+    train, test = split_prompts(args.n_train, args.n_test, args.seed, tags=_tags(args.tags),
+                                max_test_fraction=args.max_test_fraction)
+    if args.split == "both":
+        targets = {"train": out.with_name(f"{out.stem}_train{out.suffix}"), "test": out.with_name(f"{out.stem}_test{out.suffix}")}
+    else:
+        targets = {args.split: out}
+    for name, path in targets.items():
+        rows = train if name == "train" else test
+        write_jsonl(path, rows)
+        print(f"wrote {len(rows)} {name} prompts ({_summary(rows)}) to {path}")
+    return 0
+
+
+def _add_render(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", required=True, help="JSONL prompt file from `drpo world prompts`")
+    p.add_argument("--out", required=True, help="PNG grid to write")
+    p.add_argument("--n", type=int, default=16, help="first N rows (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--ncols", type=int, default=None)
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from drpo.world.pictures import render_grid
+
+    path = Path(args.prompts)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist (write one with `drpo world prompts`)")
+    rows = read_jsonl(path)[: args.n]
+    if not rows:
+        raise ValueError(f"prompt file {path} holds no rows")
+    out = render_grid(rows, args.seed, args.out, size=args.size, ncols=args.ncols)
+    print(f"wrote {len(rows)} rendered prompts to {out}")
+    return 0
+
+
+# subcommand -> (add_arguments, run, help); later phases add train-base, train-reward, pairs here.
+SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
+    "prompts": (_add_prompts, _run_prompts, "GenEval-format prompts from the world's grammar (or a disjoint train/test split)"),
+    "render": (_add_render, _run_render, "render prompt rows into a captioned grid PNG"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="world_command", metavar="SUBCOMMAND", required=True)
+    for name, (add, _, help_text) in SUBCOMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def main(args: argparse.Namespace) -> int:
+    return SUBCOMMANDS[args.world_command][1](args)

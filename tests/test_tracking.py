@@ -1,0 +1,252 @@
+"""MLflow tracking against real stores: SQLite in tmp, concurrent jobs, a dead URI, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from drpo import tracking
+from drpo.train.config import train_config_from_dict
+
+ENV_KEYS = (tracking.PARENT_ENV, tracking.RUN_ENV, tracking.URI_ENV, tracking.EXPERIMENT_ENV, "RANK",
+            *tracking.HTTP_ENV_DEFAULTS)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metric_names_and_truncation():
+    assert tracking.sanitize_metric_name("reward/mean") == "reward/mean"
+    assert tracking.sanitize_metric_name("loss[pos]@k=3") == "loss_pos__k_3"
+    assert tracking.sanitize_metric_name("/a//../b/") == "a/_/b"
+    long = tracking.truncate("x" * 7000, 6000)
+    assert len(long) == 6000 and long.endswith("[truncated]")
+    assert tracking.truncate([1, 2], 6000) == "[1, 2]"
+    assert tracking.resolve_uri(None) == f"sqlite:///{Path.cwd()}/results/mlflow.db"
+    assert tracking.resolve_uri("http://h:5000") == "http://h:5000"
+
+
+def test_training_run_params_tags_metrics_artifacts(tmp_path):
+    cfg = train_config_from_dict({
+        "output_dir": "runs/a", "seed": 7, "method": "dpo",
+        "lora": {"targets": [f"module_{i:03d}_" + "x" * 60 for i in range(100)]},  # > 6000 chars as JSON
+        "tracking": {"experiment": "exp-a", "tags": {"label": "DPO 1step"}},
+    })
+    tr = tracking.training_tracker(cfg)
+    assert tr.enabled, "the default relative SQLite URI should work"
+    tr.log_metrics({"loss": 0.5, "reward/mean": 1.25, "odd name!": 2, "note": "text"}, step=3)
+    tr.log_metrics({"loss": 0.25}, step=4)
+    (tmp_path / "grid.png").write_bytes(b"png")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "w.bin").write_bytes(b"w")
+    tr.log_artifact(tmp_path / "grid.png", "samples")
+    tr.log_artifact(tmp_path / "final", "final")
+    tr.close()
+    tr.close()  # idempotent
+
+    assert (tmp_path / "results" / "mlflow.db").exists()
+    assert not (tmp_path / "mlruns").exists(), "artifacts must live next to the database, not in ./mlruns"
+    c = client(tr.uri)
+    run = c.get_run(tr.run_id)
+    assert run.info.status == "FINISHED"
+    assert c.get_experiment(run.info.experiment_id).name == "exp-a"
+    assert run.data.metrics == {"loss": 0.25, "reward/mean": 1.25, "odd name_": 2.0}
+    assert [(m.step, m.value) for m in c.get_metric_history(tr.run_id, "loss")] == [(3, 0.5), (4, 0.25)]
+    p = run.data.params
+    assert p["method"] == "dpo" and p["seed"] == "7" and p["drpo.candidates"] == "24" and p["optim.lr"] == "0.0001"
+    assert len(p["lora.targets"]) == 6000 and p["lora.targets"].endswith("[truncated]")
+    t = run.data.tags
+    assert (t["method"], t["model"], t["reward"], t["seed"], t["label"]) == ("dpo", "stabilityai/sd-turbo", "pickscore", "7", "DPO 1step")
+    assert t["config_hash"] == __import__("drpo.config").config.config_hash(cfg)
+    assert t["git_commit"] == "unknown" or len(t["git_commit"].split("+")[0]) == 40
+    assert t["mlflow.runName"] == "a" and "mlflow.parentRunId" not in t
+    assert {f.path for f in c.list_artifacts(tr.run_id, "samples")} == {"samples/grid.png"}
+    assert {f.path for f in c.list_artifacts(tr.run_id, "final")} == {"final/w.bin"}
+    lines = [json.loads(x) for x in (tmp_path / "runs" / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 3 and lines[0]["odd name!"] == 2.0 and "note" not in lines[0]
+    assert lines[1]["loss"] == 0.25
+
+
+def test_training_under_parent_and_inside_job_run(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/wf/mlflow.db"
+    parent = tracking.start_workflow_run(uri, "wf", "cfghash", run_name="workflow-cfghash")
+    assert parent
+    cfg = train_config_from_dict({"output_dir": "runs/b", "tracking": {"uri": uri, "experiment": "wf"}})
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    monkeypatch.setenv(tracking.URI_ENV, uri)
+    child = tracking.training_tracker(cfg)
+    child.close()
+    c = client(uri)
+    assert c.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent
+
+    # `drpo job` made the run: training logs into it and leaves ending it to the job
+    with tracking.job_run(uri, "wf", parent, "train", {"run": "b"}, "cfghash") as job:
+        monkeypatch.setenv(tracking.RUN_ENV, job.run_id)
+        inner = tracking.training_tracker(cfg)
+        assert inner.run_id == job.run_id
+        inner.log_metrics({"loss": 1.0}, step=1)
+        inner.close()
+        assert c.get_run(job.run_id).info.status == "RUNNING"
+    run = c.get_run(job.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["loss"] == 1.0
+    assert run.data.params["method"] == "drpo" and run.data.tags["rule"] == "train"
+    assert run.data.tags["wildcard.run"] == "b" and json.loads(run.data.tags["wildcards"]) == {"run": "b"}
+    with pytest.raises(RuntimeError):
+        with tracking.job_run(uri, "wf", parent, "evaluate", {}, "cfghash") as failing:
+            raise RuntimeError("job failed")
+    assert c.get_run(failing.run_id).info.status == "FAILED"
+    tracking.end_workflow_run(parent, "FINISHED")
+    assert c.get_run(parent).info.status == "FINISHED"
+    tracking.end_workflow_run("", "FINISHED")  # no parent (MLflow was down at onstart): nothing to do
+
+
+WORKER = """
+import json, sys, time
+from pathlib import Path
+import mlflow  # the slow import happens before the start signal
+from drpo import tracking
+tmp, i, fresh_uri, parent = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+(tmp / f"ready{i}").touch()
+while not (tmp / "go").exists():
+    time.sleep(0.005)
+eid = tracking.ensure_experiment(fresh_uri, "fresh")
+with tracking.job_run(fresh_uri, "fresh", parent, "train", {"run": f"r{i}"}, "h") as t:
+    t.log_metrics({"job/i": i}, step=0)
+print(json.dumps({"eid": eid, "run_id": t.run_id, "enabled": t.enabled}))
+"""
+
+
+def test_concurrent_jobs_one_experiment_four_children(tmp_path):
+    """4 processes on a store that does not exist yet: schema, experiment and runs created at once."""
+    fresh_uri = f"sqlite:///{tmp_path}/race/mlflow.db"
+    parent = "0123456789abcdef0123456789abcdef"  # ids come from onstart; the tag is what links them
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path), str(i), fresh_uri, parent],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for i in range(4)
+    ]
+    try:
+        deadline = time.time() + 60
+        while not all((tmp_path / f"ready{i}").exists() for i in range(4)):
+            assert time.time() < deadline, "workers did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "warning" not in err, err
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert all(r["enabled"] for r in results)
+    assert len({r["eid"] for r in results}) == 1
+    c = client(fresh_uri)
+    exps = [e for e in c.search_experiments() if e.name == "fresh"]
+    assert len(exps) == 1 and exps[0].experiment_id == results[0]["eid"]
+    runs = c.search_runs([exps[0].experiment_id])
+    assert len(runs) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
+    assert sorted(r.data.tags["wildcard.run"] for r in runs) == ["r0", "r1", "r2", "r3"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_unreachable_server_warns_once_and_keeps_metrics(tmp_path, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"  # bound then released: nothing listens there
+    cfg = train_config_from_dict({"output_dir": "runs/c", "tracking": {"uri": uri}})
+    t0 = time.time()
+    tr = tracking.training_tracker(cfg)
+    for step in range(1, 6):
+        tr.log_metrics({"loss": 1.0 / step}, step=step)
+    (tmp_path / "g.png").write_bytes(b"x")
+    tr.log_artifact(tmp_path / "g.png", "samples")
+    tr.close("FINISHED")
+    assert time.time() - t0 < 5
+    assert not tr.enabled
+    err = capsys.readouterr().err
+    assert err.count("unreachable") == 1, err
+    assert f"MLflow at {uri} unreachable" in err and "runs/c/metrics.jsonl" in err
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["loss"] == pytest.approx(0.2)
+    assert tracking.start_workflow_run(uri, "wf", "h") is None  # onstart gets no parent and goes on
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"  # short HTTP retries were configured
+
+
+def test_other_ranks_do_not_track(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    cfg = train_config_from_dict({"output_dir": "runs/d", "tracking": {"uri": f"sqlite:///{tmp_path}/x.db"}})
+    tr = tracking.training_tracker(cfg)
+    tr.log_metrics({"loss": 1.0}, step=1)
+    tr.close()
+    assert tr.run_id is None and not (tmp_path / "x.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_real_mlflow_server_over_http(tmp_path):
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    if not mlflow_bin.exists():
+        pytest.skip(f"{mlflow_bin} not found")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while tracking.probe(uri) is not None:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.time() < deadline, "mlflow server did not start within 90 s"
+            time.sleep(0.25)
+        cfg = train_config_from_dict({"output_dir": "runs/e", "tracking": {"uri": uri, "experiment": "remote"}})
+        tr = tracking.training_tracker(cfg)
+        assert tr.enabled
+        tr.log_metrics({"loss": 0.75, "reward/mean": 2.0}, step=1)
+        (tmp_path / "grid.png").write_bytes(b"png")
+        tr.log_artifact(tmp_path / "grid.png", "samples")
+        tr.close()
+        c = client(uri)
+        run = c.get_run(tr.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics == {"loss": 0.75, "reward/mean": 2.0}
+        assert run.data.params["method"] == "drpo" and run.data.tags["seed"] == "42"
+        assert [f.path for f in c.list_artifacts(tr.run_id, "samples")] == ["samples/grid.png"]
+        assert list((tmp_path / "art").rglob("grid.png")), "the server stores proxied artifacts"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

@@ -1,0 +1,288 @@
+"""The shapes world's data side: GenEval-format grammar, renderer, pixel checker, reward, judge, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from drpo.world.checker import check, detect, evaluate
+from drpo.world.grammar import TAGS, all_rows, generate_prompts, prompt_text, split_prompts, vocabulary_words
+from drpo.world.judge import WorldJudge
+from drpo.world.render import SceneObject, relations, render, render_scene
+from drpo.world.rewards import CheckerReward, GradedCheckerReward
+
+GENEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval_evaluation_metadata.jsonl"
+
+
+def _row(tag: str, i: int = 0) -> dict:
+    return all_rows(tag)[i]
+
+
+def _find(tag: str, **want) -> dict:
+    """The first row of `tag` whose prompt contains every given word sequence."""
+    return next(r for r in all_rows(tag) if all(v in r["prompt"] for v in want.values()))
+
+
+# --- grammar ---------------------------------------------------------------------------------
+
+
+def test_generate_prompts_is_seeded_and_covers_every_tag():
+    a, b, c = generate_prompts(300, 0), generate_prompts(300, 0), generate_prompts(300, 1)
+    assert a == b and a != c
+    assert [r["prompt_id"] for r in a] == list(range(300))
+    assert {r["tag"] for r in a} == set(TAGS)
+    only = generate_prompts(50, 0, tags=["counting", "position"])
+    assert {r["tag"] for r in only} == {"counting", "position"}
+    weighted = generate_prompts(200, 0, tag_weights={"colors": 1.0})
+    assert {r["tag"] for r in weighted} == {"colors"}
+    with pytest.raises(ValueError, match="unknown tag 'colour'"):
+        generate_prompts(5, 0, tags=["colour"])
+
+
+def test_split_is_disjoint_unique_seeded_and_keeps_every_tag():
+    train, test = split_prompts(400, 120, seed=0)
+    assert len(train) == 400 and len(test) == 120
+    tr, te = [r["prompt"] for r in train], [r["prompt"] for r in test]
+    assert len(set(tr)) == 400 and len(set(te)) == 120  # deduplicated
+    assert not set(tr) & set(te)  # disjoint
+    assert {r["tag"] for r in train} == {r["tag"] for r in test} == set(TAGS)
+    assert [r["prompt_id"] for r in test] == list(range(120))
+    assert split_prompts(400, 120, seed=0) == (train, test)
+    assert {r["prompt"] for r in split_prompts(400, 120, seed=1)[1]} != set(te)
+    with pytest.raises(ValueError, match="distinct prompts"):
+        split_prompts(700, 100, seed=0)
+
+
+def test_prompt_phrasing_reproduces_genevals_own_prompts():
+    if not GENEVAL.exists():
+        pytest.skip(f"{GENEVAL} not present")
+    real = [json.loads(line) for line in GENEVAL.read_text().splitlines() if line.strip()]
+    assert len(real) == 553
+    assert [r["prompt"] for r in real] == [prompt_text(r["tag"], r["include"]) for r in real]
+
+
+def _structure(row: dict) -> tuple:
+    """Key layout and value types of a GenEval row, with the world's extra prompt_id removed."""
+    def clause(c: dict) -> tuple:
+        return tuple(sorted((k, type(v).__name__, tuple(type(x).__name__ for x in v) if isinstance(v, list) else ())
+                            for k, v in c.items()))
+
+    return (tuple(sorted(k for k in row if k != "prompt_id")),
+            tuple(clause(c) for c in row["include"]), tuple(clause(c) for c in row.get("exclude", [])))
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_rows_have_genevals_structure(tag):
+    rows = all_rows(tag)
+    for row in rows:
+        assert row["tag"] == tag and row["prompt"] == prompt_text(tag, row["include"])
+        if tag == "counting":  # exactly n: include n, exclude n + 1 of the same class
+            (inc,), (exc,) = row["include"], row["exclude"]
+            assert exc == {"class": inc["class"], "count": inc["count"] + 1} and 2 <= inc["count"] <= 4
+        else:
+            assert "exclude" not in row
+        if tag == "position":
+            assert row["include"][1]["position"][1] == 0
+        if len(row["include"]) == 2:
+            assert row["include"][0]["class"] != row["include"][1]["class"]
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    if GENEVAL.exists():
+        real = [json.loads(line) for line in GENEVAL.read_text().splitlines() if line.strip()]
+        real_structures = {_structure(r) for r in real if r["tag"] == tag}
+        assert len(real_structures) == 1
+        assert {_structure(r) for r in rows} == real_structures
+
+
+def test_vocabulary_covers_every_prompt_word():
+    words = set(vocabulary_words())
+    assert {"photo", "circle", "crosses", "left", "orange", "an"} <= words
+    assert all(w in words for r in generate_prompts(200, 3) for w in r["prompt"].split())
+
+
+# --- renderer --------------------------------------------------------------------------------
+
+
+def test_render_is_deterministic_and_well_formed():
+    row = _row("counting", 5)
+    a = render(row, np.random.default_rng(7))
+    assert a.dtype == np.uint8 and a.shape == (32, 32, 3)
+    assert np.array_equal(a, render(row, np.random.default_rng(7)))
+    assert not np.array_equal(a, render(row, np.random.default_rng(8)))
+    big, objs = render_scene(row, np.random.default_rng(0), size=64)
+    assert big.shape == (64, 64, 3) and len(objs) == row["include"][0]["count"]
+    for i, o in enumerate(objs):  # no overlaps (gap kept)
+        for p in objs[i + 1:]:
+            assert o.box[2] <= p.box[0] or p.box[2] <= o.box[0] or o.box[3] <= p.box[1] or p.box[3] <= o.box[1]
+    with pytest.raises(ValueError, match="not a world colour"):
+        render({"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "pink"}], "prompt": "x"},
+               np.random.default_rng(0))
+
+
+# --- checker ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_checker_accuracy_on_rendered_and_mismatched_images(tag):
+    rng, pick = np.random.default_rng(100 + TAGS.index(tag)), random.Random(TAGS.index(tag))
+    rows = all_rows(tag)
+    right = wrong = n_wrong = 0
+    n = 200
+    for _ in range(n):
+        row = pick.choice(rows)
+        image, drawn = render_scene(row, rng)
+        assert evaluate(drawn, row).correct  # the renderer satisfies its row
+        right += check(image, row).correct
+        others = [r for r in pick.sample(rows, min(len(rows), 8)) if not evaluate(drawn, r).correct]
+        if others:  # a different row of the tag that the drawn scene does not satisfy
+            n_wrong += 1
+            wrong += not check(image, others[0]).correct
+    assert n_wrong >= 0.7 * n
+    assert right / n >= 0.99, f"{tag}: correct renders judged correct {right}/{n}"
+    assert wrong / n_wrong >= 0.99, f"{tag}: mismatched rows judged incorrect {wrong}/{n_wrong}"
+
+
+def test_checker_detects_drawn_objects_exactly():
+    rng = np.random.default_rng(3)
+    for tag in TAGS:
+        for row in all_rows(tag)[:10]:
+            image, drawn = render_scene(row, rng)
+            found = detect(image)
+            assert sorted((o.shape, o.color, o.box) for o in found) == sorted((o.shape, o.color, o.box) for o in drawn)
+
+
+def test_checker_tolerates_slight_blur():
+    rng, pick = np.random.default_rng(5), random.Random(5)
+    rows = [r for t in TAGS for r in all_rows(t)]
+    ok = 0
+    for _ in range(120):
+        row = pick.choice(rows)
+        img = render(row, rng).astype(np.float32)
+        blurred = ndimage.gaussian_filter(img, (0.6, 0.6, 0)) + rng.normal(0, 4, img.shape)
+        ok += check(np.clip(blurred, 0, 255).astype(np.uint8), row).correct
+    assert ok / 120 >= 0.95
+
+
+def test_noise_and_blank_images_are_incorrect():
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    blank = np.full((32, 32, 3), 232, np.uint8)
+    for tag in TAGS:
+        for row in all_rows(tag)[:5]:
+            assert not check(noise, row).correct
+            assert not check(blank, row).correct
+    assert all(o.shape is None for o in detect(noise))
+
+
+def _obj(shape, color="red", box=(0, 0, 8, 8), score=1.0):
+    return SceneObject(shape, color, box, score)
+
+
+def test_genevals_rules():
+    two = _find("counting", p="two triangles")
+    tri = [_obj("triangle", box=(10 * i, 0, 10 * i + 8, 8)) for i in range(3)]
+    assert evaluate(tri[:2], two).correct and evaluate(tri[:2], two).fraction == 1.0
+    r = evaluate(tri, two)  # three is not "two": the exclude clause fails
+    assert not r.correct and r.fraction == 0.5 and "triangle<3" in r.reason
+    r = evaluate(tri[:1], two)
+    assert not r.correct and r.fraction == 0.5 and "triangle>=2" in r.reason
+    # extra objects are fine outside counting rows
+    assert evaluate([_obj("circle"), _obj("circle", box=(20, 20, 28, 28)), _obj("square")], _find("single_object", p="a circle")).correct
+    # colour: judged on the highest-scoring object of the class
+    blue = _find("colors", p="a blue circle")
+    assert evaluate([_obj("circle", "blue", score=0.9), _obj("circle", "red", score=0.8)], blue).correct
+    assert not evaluate([_obj("circle", "blue", score=0.7), _obj("circle", "red", score=0.8)], blue).correct
+    # position: "a square right of a circle" is clause 1 relative to clause 0
+    right = _find("position", p="a square right of a circle")
+    circle, sq_right, sq_left = _obj("circle", box=(4, 12, 12, 20)), _obj("square", box=(20, 12, 28, 20)), _obj("square", box=(0, 0, 8, 8))
+    assert evaluate([circle, sq_right], right).correct
+    r = evaluate([circle, sq_left], right)
+    assert not r.correct and r.fraction == 0.5 and "right of" in r.reason
+    assert not evaluate([sq_right], right).correct  # no target: both clauses fail
+    assert evaluate([sq_right], right).fraction == 0.0
+    assert relations((20, 12, 28, 20), (4, 12, 12, 20)) == {"right of"}
+    assert relations((5, 5, 13, 13), (4, 4, 12, 12)) == set()  # within the threshold: no relation
+    with pytest.raises(ValueError, match="lacks 'include'"):
+        check(np.zeros((32, 32, 3), np.uint8), {"tag": "colors", "prompt": "x"})
+
+
+# --- reward and judge ------------------------------------------------------------------------
+
+
+def _batch(rows_and_images):
+    return torch.from_numpy(np.stack([img for _, img in rows_and_images])).permute(0, 3, 1, 2).contiguous()
+
+
+def test_checker_reward_values_and_errors():
+    rng = np.random.default_rng(0)
+    good = [(r, render(r, rng)) for r in (_row("colors", 3), _row("position", 7))]
+    other = _row("two_object", 0)  # "a circle and a square"
+    wrong_img = render(_find("two_object", p="a triangle and a cross"), rng)
+    items = good + [(other, wrong_img)]
+    images, metas = _batch(items), [r for r, _ in items]
+    prompts = [r["prompt"] for r in metas]
+    scores = CheckerReward()(images, prompts, metas)
+    assert scores.dtype == torch.float32 and scores.shape == (3,)
+    assert scores.tolist() == [1.0, 1.0, 0.0]
+    graded = GradedCheckerReward()(images, prompts, metas)
+    assert graded.tolist() == [1.0, 1.0, 0.0]
+    half = render(_find("two_object", p="a circle and a cross"), rng)  # circle found, square missing
+    g = CheckerReward(graded=True)(_batch([(other, half)]), [other["prompt"]], [{"metadata": other}])
+    assert g.tolist() == [0.5]
+    assert CheckerReward().name == "world_checker" and not CheckerReward.differentiable
+    with pytest.raises(ValueError, match="GenEval metadata"):
+        CheckerReward()(images, prompts)
+    from drpo.rewards import build_reward
+
+    assert build_reward({"name": "world_checker_graded"})(images, prompts, metas).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_judge_prefers_correct_and_is_symmetric():
+    rng = np.random.default_rng(1)
+    row = _find("color_attr", p="a red circle and a blue square")
+    good = Image.fromarray(render(row, rng))
+    bad = Image.fromarray(render(_find("color_attr", p="a blue circle and a red square"), rng))
+    judge = WorldJudge()
+    ab, ba = judge.judge(row["prompt"], good, bad, row), judge.judge(row["prompt"], bad, good, row)
+    assert (ab.winner, ba.winner) == ("A", "B") and ab.confidence == ba.confidence >= 0.9
+    assert "correct" in ab.reason and json.loads(ab.raw)["A"]["correct"] is True
+    # both correct: a tie without a secondary score; with one, the higher score wins (symmetric)
+    good2 = Image.fromarray(render(row, rng))
+    assert judge.judge(row["prompt"], good, good2, row).winner == "tie"
+    brightness = lambda im, p: float(np.asarray(im).mean())  # noqa: E731
+    sec = WorldJudge(secondary=brightness, margin=1e-6)
+    w1, w2 = sec.judge(row["prompt"], good, good2, row).winner, sec.judge(row["prompt"], good2, good, row).winner
+    assert {w1, w2} == {"A", "B"} and w1 != w2
+    assert WorldJudge(secondary=brightness, margin=1e9).judge(row["prompt"], good, good2, row).winner == "tie"
+    # partly right beats fully wrong by clause fraction
+    two = _find("two_object", p="a circle and a square")
+    half = Image.fromarray(render(_find("two_object", p="a circle and a cross"), rng))
+    none = Image.fromarray(render(_find("two_object", p="a triangle and a cross"), rng))
+    assert judge.judge(two["prompt"], none, half, two).winner == "B"
+    assert judge.judge("x", good, bad, None).winner == "invalid"
+
+
+# --- pictures and CLI ------------------------------------------------------------------------
+
+
+def test_cli_prompts_split_and_render(tmp_path):
+    from drpo.cli import main
+
+    out = tmp_path / "world.jsonl"
+    assert main(["world", "prompts", "--split", "both", "--n-train", "60", "--n-test", "20", "--seed", "2", "--out", str(out)]) == 0
+    train = [json.loads(x) for x in (tmp_path / "world_train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (tmp_path / "world_test.jsonl").read_text().splitlines()]
+    assert len(train) == 60 and len(test) == 20 and not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    only = tmp_path / "test.jsonl"
+    assert main(["world", "prompts", "--split", "test", "--n-train", "60", "--n-test", "20", "--seed", "2", "--out", str(only)]) == 0
+    assert only.read_text() == (tmp_path / "world_test.jsonl").read_text()
+    assert main(["world", "prompts", "--n", "10", "--out", str(tmp_path / "g.jsonl")]) == 0
+    assert main(["world", "render", "--prompts", str(only), "--n", "6", "--out", str(tmp_path / "grid.png")]) == 0
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.width > 6 * 32
+    assert main(["world", "prompts", "--split", "test", "--n-test", "5", "--out", str(only)]) == 2
