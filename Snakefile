@@ -29,6 +29,9 @@ _files = [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yam
 _loaded = {}
 for _f in _files:
     _loaded = wf.deep_merge(_loaded, wf.load_yaml(_f))
+# `--config results=DIR` moves every output, the world's models and the SQLite store with it
+if "results" in config and config["results"] != _loaded.get("results", "results"):
+    _loaded = wf.reroot_results(_loaded, _loaded.get("results", "results"), config["results"])
 _validated = wf.validate_config(wf.deep_merge(_loaded, config), source=", ".join(_files))
 config.clear()
 config.update(_validated)
@@ -49,9 +52,10 @@ wildcard_constraints:
 
 
 def job(rule, **wildcards):
-    """Prefix that runs a command as an MLflow child run of this workflow invocation."""
+    """Prefix that runs a command as an MLflow child run of this workflow invocation, on the
+    GPUs the rule asks for (`resources: gpus`) when Snakemake runs it on a workstation."""
     wc = " ".join(f"{k}={v}" for k, v in wildcards.items())
-    return f"drpo job --rule {rule} --wildcards '{wc}' --config-hash {CONFIG_HASH} -- "
+    return f"drpo job --rule {rule} --wildcards '{wc}' --config-hash {CONFIG_HASH} --gpus {{resources.gpus}} -- "
 
 
 include: "workflow/rules/common.smk"

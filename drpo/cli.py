@@ -17,8 +17,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("drpo.train.cli", "train DrPO, its offline variant or a baseline from a config (resumable)"),
     "job": ("drpo.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
     "sample": ("drpo.eval.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),
+    "score": ("drpo.eval.metrics_cli", "a metric on a sampled test set: any reward, FID, diversity, GenEval (resumable)"),
+    "tables": ("drpo.eval.tables_cli", "the paper's tables and figures from a results file, paper values beside ours"),
     "prompts": ("drpo.data.cli", "prepare public prompt sets (sha256-checked), Pick-a-Pic pairs, train/test disjointness"),
     "world": ("drpo.world.cli", "the synthetic shapes world: GenEval-format prompts, rendered pictures"),
+    "judge": ("drpo.eval.judge_cli", "pairwise preference of two sample sets by a Qwen3-VL / OpenAI-compatible / world judge (resumable)"),
 }
 
 

@@ -136,7 +136,37 @@ def _dotted(key: str, value: Any) -> dict:
 
 
 def _slug(value: Any) -> str:
+    if isinstance(value, dict) and "name" in value:  # a component block, e.g. {name: dinov2, options: ...}
+        value = value["name"]
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
+
+
+# Blocks that name a component: an override naming another component replaces the block instead
+# of merging into it, so the default's options (a latent-MAE checkpoint path) never reach DINOv2.
+COMPONENT_BLOCKS = ("features",)
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    base = dict(base)
+    for key in COMPONENT_BLOCKS:
+        new = overrides.get(key)
+        if isinstance(new, dict) and "name" in new and new["name"] != base.get(key, {}).get("name"):
+            base.pop(key, None)
+    return deep_merge(base, overrides)
+
+
+def reroot_results(config: Any, old: str, new: str) -> Any:
+    """Every string value under `old/` (or `sqlite:///old/`) moved under `new/`: `--config
+    results=DIR` takes the world's models, reward model and the SQLite store along."""
+    if isinstance(config, dict):
+        return {k: reroot_results(v, old, new) for k, v in config.items()}
+    if isinstance(config, list):
+        return [reroot_results(v, old, new) for v in config]
+    if isinstance(config, str):
+        for prefix in ("", "sqlite:///"):
+            if config == prefix + old or config.startswith(prefix + old + "/"):
+                return prefix + new + config[len(prefix + old):]
+    return config
 
 
 def runs(config: dict) -> dict[str, Run]:
@@ -151,7 +181,7 @@ def runs(config: dict) -> dict[str, Run]:
             label = ab.get("labels", [None] * len(ab["values"]))[i] or f"{grid}={value}"
             named[f"{ab['run']}-{grid}-{_slug(value)}"] = (
                 {**spec, "label": label, "ablation": grid, "value": value},
-                deep_merge(spec.get("set", {}), _dotted(ab["key"], value)),
+                merge_overrides(spec.get("set", {}), _dotted(ab["key"], value)),
             )
     out = {}
     for name, (spec, overrides) in named.items():
@@ -196,7 +226,7 @@ def train_config(config: dict, run_id: str) -> dict:
         data = deep_merge(data, {"prompts": {"path": prompt_path(config, spec["prompts"])}})
     if spec["method"] == "drpo_offline":
         data = deep_merge(data, {"offline": {"dataset": dataset_path(config, spec["dataset"])}})
-    data = deep_merge(data, run.overrides)
+    data = merge_overrides(data, run.overrides)
     cfg = train_config_from_dict(data, source=f"training.runs.{run.name}")
     return to_dict(cfg)
 

@@ -10,12 +10,16 @@ for ε-prediction this is exactly the paper's constant projection
 (the shapes world's base, trained from scratch, uses v: the ε form amplifies UNet error ×14.6)
 goes through the same jump with x̂₀ and ε̂ derived from its prediction.
 SDXL-Turbo: the pipeline's own scheduler (Euler ancestral, trailing) for one step.
+
+LoRA checkpoints are `<folder>/unet_lora/` in peft's own format, so `PeftModel.from_pretrained`
+reads them too; `export_pipeline` writes a plain diffusers folder with the LoRA merged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import os
 import shutil
@@ -35,6 +39,8 @@ TIMESTEP = 999
 
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd-turbo", "StableDiffusionXLPipeline": "sdxl-turbo"}
 LORA_DIR = "unet_lora"
+# PeftModel.save_pretrained prefixes every key with this; diffusers' LoRA files use "unet."
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -101,6 +107,12 @@ class OneStepGenerator:
         pipe.to(self.device)  # weights already carry `dtype` (from_pretrained's dtype)
         if self.vae_dtype != dtype:
             self.vae.to(dtype=self.vae_dtype)
+        if family == "sdxl-turbo":
+            # METHOD.md §2.1: decode with slicing + tiling (tiles only start above the VAE's sample size)
+            self.vae.use_slicing = True
+            self.vae.use_tiling = True
+        self._reference_depth = 0  # reference_mode nests: only the outermost exit re-enables adapters
+        self._lora_dropouts: list[torch.nn.Module] = []  # active only while gradients are on
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -135,18 +147,22 @@ class OneStepGenerator:
     # -- prompts and noise ----------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        """The pipeline's own prompt encoding without guidance, so export and sampling agree.
+
+        SD: last hidden state of the prompt padded/truncated to the tokenizer's max length.
+        SDXL: both encoders' penultimate states concatenated, text_encoder_2's pooled output as
+        text_embeds, time_ids = [res, res, 0, 0, res, res].
+        """
         prompts = list(prompts)
+        if not prompts:
+            raise ValueError("encode_prompts: no prompts")
+        out = self.pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
         if self.family == "sdxl-turbo":
-            hidden, _, pooled, _ = self.pipe.encode_prompt(
-                prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
+            hidden, _, pooled, _ = out
             r = self.resolution
             time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=self.dtype, device=self.device).expand(len(prompts), -1)
             return PromptEmbeds(hidden.to(self.dtype), pooled.to(self.dtype), time_ids.contiguous())
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
-        return PromptEmbeds(self.text_encoder(ids)[0].to(self.dtype))
+        return PromptEmbeds(out[0].to(self.dtype))
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I) of shape (n, C, h, w); no sigma scaling (METHOD.md §2.1)."""
@@ -195,10 +211,13 @@ class OneStepGenerator:
         if len(embeds) != noise.shape[0]:
             raise ValueError(f"{noise.shape[0]} noises but {len(embeds)} prompt embeddings; use embeds.repeat_interleave(k)")
         step = self._sdxl_turbo if self.family == "sdxl-turbo" else self._sd_turbo
+        noise = noise.to(self.device, self.dtype)
         if reference:
             with self.reference_mode(), torch.no_grad():
-                return step(noise.to(self.dtype), embeds)
-        return step(noise.to(self.dtype), embeds)
+                return step(noise, embeds)
+        for module in self._lora_dropouts:  # LoRA dropout trains, sampling (no grad) is deterministic
+            module.train(torch.is_grad_enabled())
+        return step(noise, embeds)
 
     # -- pixels ---------------------------------------------------------------------------------
     def decode(self, latents: Tensor) -> Tensor:
@@ -231,16 +250,23 @@ class OneStepGenerator:
         """Attach a peft LoRA (B = 0 at init, so the model starts exactly at the base)."""
         from peft import LoraConfig
 
+        if self.has_lora:
+            raise ValueError("this generator already has a LoRA (add_lora once; load_lora restores a saved one)")
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout, init_lora_weights=True)
         self.unet.add_adapter(config)
-        self._lora_to_dtype()
+        self._after_adapter()
 
-    def _lora_to_dtype(self) -> None:
+    def _after_adapter(self) -> None:
         # trainable LoRA weights stay fp32 under fp16/bf16 models (mixed-precision training)
         for name, p in self.unet.named_parameters():
             if "lora_" in name:
                 p.data = p.data.float()
                 p.requires_grad_(True)
+        # the UNet stays in eval mode; only LoRA dropout (when > 0) follows torch.is_grad_enabled()
+        self._lora_dropouts = [
+            m for name, m in self.unet.named_modules()
+            if ".lora_dropout." in name and isinstance(m, torch.nn.Dropout) and m.p > 0
+        ]
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for name, p in self.unet.named_parameters() if "lora_" in name]
@@ -251,44 +277,77 @@ class OneStepGenerator:
         if not self.has_lora:
             yield
             return
-        self.unet.disable_adapters()
+        if self._reference_depth == 0:
+            self.unet.disable_adapters()
+        self._reference_depth += 1
         try:
             yield
         finally:
-            self.unet.enable_adapters()
+            self._reference_depth -= 1
+            if self._reference_depth == 0:
+                self.unet.enable_adapters()
 
     def save_lora(self, folder: str | os.PathLike) -> Path:
-        """`folder/unet_lora/` in peft's format: adapter_model.safetensors + adapter_config.json."""
+        """`folder/unet_lora/` in peft's format (what `PeftModel.save_pretrained` writes):
+        adapter_model.safetensors with `base_model.model.` keys + adapter_config.json."""
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
+
+        from drpo.io import atomic_path, write_text
 
         if not self.has_lora:
             raise ValueError("this generator has no LoRA to save (call add_lora first)")
         out = Path(folder) / LORA_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.unet).items()}
-        save_file(state, str(out / "adapter_model.safetensors"))
-        self.unet.peft_config["default"].save_pretrained(str(out))
+        state = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.unet).items()}
+        with atomic_path(out / "adapter_model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        config = self.unet.peft_config["default"].to_dict()
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+        config.update(base_model_name_or_path=None, inference_mode=True)
+        write_text(out / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         return out
 
     def load_lora(self, folder: str | os.PathLike) -> None:
-        """Load `folder/unet_lora/` (or a folder that is itself the adapter), adding the adapter if absent."""
+        """Load `folder/unet_lora/` (or a folder that is itself the adapter), adding the adapter if absent.
+
+        Accepts peft keys with or without `base_model.model.` and diffusers' `unet.` prefix.
+        """
         from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         folder = Path(folder)
         src = folder / LORA_DIR if (folder / LORA_DIR).is_dir() else folder
-        weights = src / "adapter_model.safetensors"
-        if not weights.exists():
+        weights, config_file = src / "adapter_model.safetensors", src / "adapter_config.json"
+        if not weights.exists() or not config_file.exists():
             raise FileNotFoundError(f"no LoRA at {src} (expected adapter_model.safetensors and adapter_config.json)")
-        if not self.has_lora:
-            self.unet.add_adapter(LoraConfig.from_pretrained(str(src)))
-        result = set_peft_model_state_dict(self.unet, load_file(str(weights)))
-        unexpected = getattr(result, "unexpected_keys", None)
+        config = LoraConfig.from_pretrained(str(src))
+        if self.has_lora:
+            mine = self.unet.peft_config["default"]
+            if (mine.r, mine.lora_alpha, set(mine.target_modules)) != (config.r, config.lora_alpha, set(config.target_modules)):
+                raise ValueError(
+                    f"{config_file}: r={config.r} alpha={config.lora_alpha} targets={sorted(config.target_modules)} but this "
+                    f"generator's LoRA has r={mine.r} alpha={mine.lora_alpha} targets={sorted(mine.target_modules)}; "
+                    "make the lora config match the checkpoint (or load into a generator without add_lora)"
+                )
+        else:
+            config.inference_mode = False
+            self.unet.add_adapter(config)
+        state = {}
+        for key, value in load_file(str(weights)).items():
+            for prefix in (PEFT_PREFIX, "unet."):
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    break
+            state[key] = value
+        result = set_peft_model_state_dict(self.unet, state)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
             raise ValueError(f"{weights}: keys that do not match this UNet, e.g. {unexpected[:3]}")
-        self._lora_to_dtype()
+        missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
+        if missing:
+            raise ValueError(f"{weights}: LoRA weights missing for this UNet, e.g. {missing[:3]}")
+        self._after_adapter()
 
     def fuse_lora(self) -> None:
         """Merge the LoRA into the base weights and drop the adapter (for export and fast sampling)."""
@@ -300,6 +359,7 @@ class OneStepGenerator:
             if isinstance(module, BaseTunerLayer):
                 module.merge()
         self.unet.unload_lora()
+        self._lora_dropouts = []
 
     def export_pipeline(self, folder: str | os.PathLike) -> Path:
         """A standard diffusers pipeline folder with the LoRA fused; the generator itself is unchanged.
@@ -312,7 +372,11 @@ class OneStepGenerator:
         clone.fuse_lora()
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        pipe = type(self.pipe)(**{**self.pipe.components, "unet": clone.unet})
+        # keep the pipeline's own settings (requires_safety_checker, force_zeros_for_empty_prompt, ...)
+        accepted = inspect.signature(type(self.pipe).__init__).parameters
+        components = self.pipe.components
+        settings = {k: v for k, v in self.pipe.config.items() if k in accepted and k not in components}
+        pipe = type(self.pipe)(**{**components, "unet": clone.unet}, **settings)
         pipe.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)

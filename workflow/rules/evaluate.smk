@@ -29,6 +29,8 @@ rule sample:
         args=sample_args,
         out=f"{R}/samples/{{test_set}}/{{model}}",
     threads: THREADS
+    resources:
+        gpus=0,
     log:
         f"{R}/logs/sample/{{test_set}}/{{model}}.log",
     shell:
@@ -47,10 +49,12 @@ rule score:
     params:
         spec=lambda w: wf.to_json(config["evaluation"]["metrics"][w.metric]),
     threads: THREADS
+    resources:
+        gpus=0,
     log:
         f"{R}/logs/score/{{test_set}}/{{model}}/{{metric}}.log",
     shell:
-        "drpo score --manifest {input.manifest} --reward-spec {params.spec:q} --metric {wildcards.metric} "
+        job("score", test_set="{wildcards.test_set}", model="{wildcards.model}", metric="{wildcards.metric}") + "drpo score --manifest {input.manifest} --reward-spec {params.spec:q} --metric {wildcards.metric} "
         "--out {output.scores} --summary {output.summary} > {log} 2>&1"
 
 
@@ -66,8 +70,10 @@ rule judge:
     wildcard_constraints:
         a="|".join(map(re.escape, MODELS)),
         b="|".join(map(re.escape, MODELS)),
+    resources:
+        gpus=0,
     log:
         f"{R}/logs/judge/{{test_set}}/{{a}}__vs__{{b}}.log",
     shell:
-        "drpo judge --a {input.a} --b {input.b} {params.args} --out {output.judgements} "
+        job("judge", test_set="{wildcards.test_set}", a="{wildcards.a}", b="{wildcards.b}") + "drpo judge --a {input.a} --b {input.b} {params.args} --out {output.judgements} "
         "--summary {output.summary} > {log} 2>&1"

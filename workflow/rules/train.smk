@@ -33,6 +33,8 @@ rule train:
         launch=lambda w: wf.launch_command(config),
     threads: THREADS
     resources:
+        # `gpu` is what the SLURM plugin turns into sbatch --gpus; `gpus` is what `drpo job` pins
+        gpu=wf.launcher(config)["gpus"],
         gpus=wf.launcher(config)["gpus"],
     log:
         f"{R}/logs/train/{{run}}.log",

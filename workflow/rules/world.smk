@@ -12,6 +12,8 @@ rule world_base:
     params:
         out=f"{R}/world/base",
     threads: 2
+    resources:
+        gpus=0,
     log:
         f"{R}/logs/world/base.log",
     shell:
@@ -27,6 +29,8 @@ rule world_reward_model:
     params:
         out=f"{R}/world/reward_model",
     threads: 1
+    resources:
+        gpus=0,
     log:
         f"{R}/logs/world/reward_model.log",
     shell:

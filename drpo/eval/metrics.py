@@ -1,0 +1,414 @@
+"""Metrics on sampled test sets (METHOD.md §5.2): any drpo reward as a per-image metric, summaries
+with bootstrap confidence intervals, GenEval accuracies, and the paper's display scaling.
+
+Units, stated once: score files, summaries and the tidy results frame hold **raw** metric values
+(PickScore cosine 0.2349, ImageReward 0.954, accuracy 0.465, preference share 0.698). The paper's
+display units (PS = PickScore×100, IR = ImageReward×10, CLIP and HPSv2 ×100, GenEval and preference
+in %, AES raw) are applied only by `to_display`, from the `DISPLAY_SCALE` table below; the table
+builders call it and nothing else scales.
+
+Score files (`score_manifest`) are parquet, one row per (image, metric): prompt_id, seed, prompt,
+image_path (as written in the manifest, relative to its folder), metric, score, plus `tag` (the
+GenEval tag when the manifest's metadata has one) and `image_stamp` (file size and mtime: an image
+that was resampled after scoring is scored again on the next run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# -- display scaling (the one place) ------------------------------------------------------------
+
+# metric -> factor from raw values to the paper's display units.
+DISPLAY_SCALE: dict[str, float] = {
+    "pickscore": 100.0,  # PS
+    "world_pickscore": 100.0,
+    "clip": 100.0,  # reference-objective table
+    "hpsv2": 100.0,  # reference-objective table
+    "hpsv3": 1.0,
+    "aesthetic": 1.0,  # AES raw
+    "imagereward": 10.0,  # IR
+    "geneval": 100.0,  # accuracies in %
+    "world_checker": 100.0,
+    "world_checker_graded": 100.0,
+    "preference": 100.0,  # Qwen3-VL preference share in %
+    "fid": 1.0,
+    "diversity": 1.0,
+}
+# metric -> decimals the paper prints (and the tables print).
+DISPLAY_DECIMALS: dict[str, int] = {
+    "pickscore": 2, "world_pickscore": 2, "clip": 2, "hpsv2": 2, "hpsv3": 2, "aesthetic": 3,
+    "imagereward": 2, "geneval": 1, "world_checker": 1, "world_checker_graded": 1, "preference": 1,
+    "fid": 2, "diversity": 4,
+}
+# Raw values of these metrics lie in [-1, 1] (cosines, accuracies, shares): a larger one in a results
+# frame was scaled already, and scaling it again would print 2349 instead of 23.49.
+RAW_AT_MOST_ONE = {"pickscore", "world_pickscore", "clip", "hpsv2", "geneval", "world_checker", "preference"}
+
+METRIC_ALIASES: dict[str, str] = {
+    "ps": "pickscore", "pick": "pickscore", "pickscore_v1": "pickscore",
+    "aes": "aesthetic", "laion_aesthetic": "aesthetic", "aesthetics": "aesthetic",
+    "ir": "imagereward", "image_reward": "imagereward",
+    "hps": "hpsv2", "hpsv2.1": "hpsv2", "hps_v2": "hpsv2", "hps_v3": "hpsv3",
+    "clipscore": "clip", "clip_score": "clip",
+    "preference_share": "preference",
+}
+
+
+def canonical_metric(metric: str) -> str:
+    """Lower-case name with aliases resolved ('PS' → 'pickscore'; 'geneval:Counting' → 'geneval:counting')."""
+    m = str(metric).strip().lower()
+    head, sep, tail = m.partition(":")
+    return METRIC_ALIASES.get(head, head) + sep + tail
+
+
+def display_scale(metric: str) -> float:
+    """Factor from raw to display units; 'family:detail' metrics use the family's (geneval:counting → 100).
+
+    Metrics not in DISPLAY_SCALE (timings, counts) are shown raw.
+    """
+    m = canonical_metric(metric)
+    if m in DISPLAY_SCALE:
+        return DISPLAY_SCALE[m]
+    return DISPLAY_SCALE.get(m.partition(":")[0], 1.0)
+
+
+def display_decimals(metric: str) -> int:
+    m = canonical_metric(metric)
+    return DISPLAY_DECIMALS.get(m, DISPLAY_DECIMALS.get(m.partition(":")[0], 2))
+
+
+def to_display(value: float | None, metric: str) -> float | None:
+    """Raw value → the paper's display units (None and NaN stay None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value) * display_scale(metric)
+
+
+def check_raw(value: float, metric: str, where: str = "") -> None:
+    """Refuse values that were visibly scaled already (a PickScore of 23.49 in a results file)."""
+    family = canonical_metric(metric).partition(":")[0]
+    if family in RAW_AT_MOST_ONE and abs(float(value)) > 1.0 + 1e-9:
+        raise ValueError(
+            f"{where}metric {metric!r} has value {value}, but raw {family} values lie in [-1, 1]: results hold raw "
+            f"values and the tables apply the display scale ×{display_scale(metric):g} themselves; divide it out"
+        )
+
+
+# -- manifests and images -----------------------------------------------------------------------
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """Manifest rows plus `_abs_path` (the image's absolute path); the manifest's `image_path` is kept."""
+    from drpo.io import read_jsonl
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest {path} does not exist (write it with `drpo sample`)")
+    rows = read_jsonl(path)
+    seen: set[tuple[int, int]] = set()
+    for i, r in enumerate(rows, 1):
+        for key in ("prompt_id", "seed", "prompt", "image_path"):
+            if key not in r:
+                raise ValueError(f"{path}:{i}: manifest row has no {key!r}")
+        key = (int(r["prompt_id"]), int(r["seed"]))
+        if key in seen:
+            raise ValueError(f"{path}:{i}: (prompt_id, seed) = {key} appears twice")
+        seen.add(key)
+        r["_abs_path"] = str((path.parent / r["image_path"]).resolve())
+        r.setdefault("metadata", {})
+    return rows
+
+
+def image_stamp(path: str | os.PathLike) -> str:
+    """Size and mtime of an image file: changes when the image is rewritten."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} listed in the manifest is missing (re-run `drpo sample`)") from None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def load_images(paths: Sequence[str | os.PathLike]):
+    """uint8 tensors (3, H, W), one per path (RGB)."""
+    import torch
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+    return out
+
+
+def iter_image_batches(rows: Sequence[dict], batch_size: int) -> Iterator[tuple[list[dict], Any]]:
+    """(rows, uint8 (N,3,H,W)) batches of manifest rows; a batch mixing image sizes is split by size."""
+    import torch
+
+    for start in range(0, len(rows), batch_size):
+        chunk = list(rows[start : start + batch_size])
+        images = load_images([r["_abs_path"] for r in chunk])
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape), []).append(i)
+        for idx in by_shape.values():
+            yield [chunk[i] for i in idx], torch.stack([images[i] for i in idx])
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- per-image scores ---------------------------------------------------------------------------
+
+SCORE_COLUMNS = ["prompt_id", "seed", "prompt", "image_path", "metric", "score", "tag", "image_stamp"]
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    from drpo.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def read_scores(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    df = pd.read_parquet(path)
+    missing = [c for c in ("prompt_id", "seed", "metric", "score") if c not in df.columns]
+    if missing:
+        raise ValueError(f"score file {path} lacks columns {missing}; it was not written by `drpo score`")
+    return df
+
+
+def score_manifest(
+    manifest_path: str | os.PathLike,
+    reward: Callable,
+    out_parquet: str | os.PathLike,
+    batch_size: int = 32,
+    *,
+    metric: str | None = None,
+    flush_every: int = 512,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Score every image of a manifest with `reward`; returns this metric's rows.
+
+    `reward(images uint8 (N,3,H,W), prompts, metadata) -> (N,)` is any drpo reward (or any callable
+    of that shape). Resumable: images already in `out_parquet` for this metric with an unchanged
+    file are not scored again; the file is rewritten atomically every `flush_every` new scores, so a
+    killed job loses at most that many. Rows of other metrics in the file are kept.
+    """
+    out = Path(out_parquet)
+    metric = canonical_metric(metric or getattr(reward, "name", "") or "")
+    if not metric:
+        raise ValueError("score_manifest: the reward has no `name`; pass metric=")
+    rows = read_manifest(manifest_path)
+    for r in rows:
+        r["_stamp"] = image_stamp(r["_abs_path"])
+
+    old = read_scores(out) if out.exists() else pd.DataFrame(columns=SCORE_COLUMNS)
+    if "image_stamp" not in old.columns:
+        old["image_stamp"] = None
+    others = old[old["metric"] != metric]
+    mine = old[old["metric"] == metric]
+    wanted = {(int(r["prompt_id"]), int(r["seed"])): r["_stamp"] for r in rows}
+    valid = [wanted.get((int(p), int(s))) == st for p, s, st in zip(mine["prompt_id"], mine["seed"], mine["image_stamp"])]
+    kept = mine[np.asarray(valid, dtype=bool)] if len(mine) else mine
+    done = {(int(p), int(s)) for p, s in zip(kept["prompt_id"], kept["seed"])}
+    todo = [r for r in rows if (int(r["prompt_id"]), int(r["seed"])) not in done]
+    changed = len(kept) != len(mine)
+
+    new: list[dict] = []
+    pending = 0
+
+    def frame() -> pd.DataFrame:
+        parts = [f for f in (others, kept, pd.DataFrame(new, columns=SCORE_COLUMNS)) if len(f)]
+        df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORE_COLUMNS)
+        return df.sort_values(["metric", "seed", "prompt_id"], kind="stable").reset_index(drop=True)
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"{metric} {Path(manifest_path).parent.name}", unit="img")
+    for chunk, images in iter_image_batches(todo, batch_size):
+        scores = reward(images, [r["prompt"] for r in chunk], [dict(r["metadata"]) for r in chunk])
+        scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != len(chunk) or not np.isfinite(scores).all():
+            raise ValueError(f"metric {metric}: reward returned {scores.shape[0]} scores (finite: {bool(np.isfinite(scores).all())}) for {len(chunk)} images")
+        for r, s in zip(chunk, scores):
+            new.append({
+                "prompt_id": int(r["prompt_id"]), "seed": int(r["seed"]), "prompt": r["prompt"],
+                "image_path": r["image_path"], "metric": metric, "score": float(s),
+                "tag": (r["metadata"] or {}).get("tag"), "image_stamp": r["_stamp"],
+            })
+        pending += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+        if pending >= flush_every:
+            _write_parquet(frame(), out)
+            pending = 0
+    if bar is not None:
+        bar.close()
+    if new or changed or not out.exists():
+        _write_parquet(frame(), out)
+    df = frame()
+    return df[df["metric"] == metric].reset_index(drop=True)
+
+
+# -- summaries ----------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean, resampling the values (images) with replacement."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci: no values")
+    if x.size == 1 or n_boot <= 0:
+        return float(x.mean()), float(x.mean())
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, 2_000_000 // x.size)  # bounded memory for 10⁴-image test sets
+    for s in range(0, n_boot, step):
+        b = min(step, n_boot - s)
+        means[s : s + b] = x[rng.integers(0, x.size, size=(b, x.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def summarize_scores(
+    df: pd.DataFrame, metric: str | None = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Mean over all images, population std, n and a bootstrap CI (raw units), plus the display units.
+
+    `df` is a score frame (columns metric, score); `metric` None works when it holds one metric.
+    """
+    metrics = sorted({canonical_metric(m) for m in df["metric"]}) if "metric" in df.columns else []
+    if metric is None:
+        if len(metrics) != 1:
+            raise ValueError(f"summarize_scores: the frame holds metrics {metrics}; pass metric=")
+        metric = metrics[0]
+    metric = canonical_metric(metric)
+    sel = df[[canonical_metric(m) == metric for m in df["metric"]]] if "metric" in df.columns else df
+    x = sel["score"].to_numpy(dtype=np.float64)
+    if x.size == 0:
+        raise ValueError(f"summarize_scores: no scores for metric {metric!r} (have {metrics})")
+    lo, hi = bootstrap_ci(x, n_boot=n_boot, seed=seed, level=level)
+    out = {
+        "metric": metric, "n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=0)),
+        "ci_low": lo, "ci_high": hi, "level": level, "n_boot": n_boot, "bootstrap_seed": seed,
+        "display_scale": display_scale(metric),
+    }
+    out["display"] = {k: to_display(out[k], metric) for k in ("mean", "std", "ci_low", "ci_high")}
+    return out
+
+
+# -- GenEval ------------------------------------------------------------------------------------
+
+GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+GENEVAL_TAG_LABELS = {
+    "single_object": "Single object", "two_object": "Two objects", "counting": "Counting",
+    "colors": "Colors", "position": "Position", "color_attr": "Color attribution",
+}
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, (float, np.floating)) and value in (0.0, 1.0):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"{where}: `correct` must be a boolean (or 0/1), got {value!r}")
+
+
+def geneval_summary(df: pd.DataFrame) -> dict:
+    """GenEval's scores from a per-image table with columns `tag` and `correct`.
+
+    Per-tag accuracy = mean of `correct` over that tag's images; `overall` is GenEval's overall
+    score, the **mean of the per-tag accuracies** over the tags present (all six in a full run),
+    not the image-level mean (reported separately as `image_accuracy`).
+    """
+    for col in ("tag", "correct"):
+        if col not in df.columns:
+            raise ValueError(f"geneval_summary: the table needs columns tag and correct, has {list(df.columns)}")
+    if len(df) == 0:
+        raise ValueError("geneval_summary: empty table")
+    correct = np.asarray([_as_bool(v, f"geneval row {i}") for i, v in enumerate(df["correct"])], dtype=bool)
+    tags = df["tag"].astype(str).to_numpy()
+    order = [t for t in GENEVAL_TAGS if t in set(tags)] + sorted(set(tags) - set(GENEVAL_TAGS))
+    per_tag = {}
+    for t in order:
+        m = tags == t
+        per_tag[t] = {"accuracy": float(correct[m].mean()), "n": int(m.sum()), "correct": int(correct[m].sum())}
+    return {
+        "tags": per_tag,
+        "overall": float(np.mean([v["accuracy"] for v in per_tag.values()])),
+        "image_accuracy": float(correct.mean()),
+        "n": int(correct.size),
+        "missing_tags": [t for t in GENEVAL_TAGS if t not in per_tag],
+    }
+
+
+def read_geneval_results(path: str | os.PathLike) -> pd.DataFrame:
+    """GenEval's official evaluator output (results JSONL: one row per image with `tag`, `correct`)."""
+    from drpo.io import read_jsonl
+
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    for i, r in enumerate(rows, 1):
+        if "tag" not in r and isinstance(r.get("metadata"), (dict, str)):
+            meta = r["metadata"] if isinstance(r["metadata"], dict) else json.loads(r["metadata"])
+            r["tag"] = meta.get("tag")
+        if r.get("tag") is None or "correct" not in r:
+            raise ValueError(f"{path}:{i}: a GenEval result row needs `tag` and `correct`")
+    return pd.DataFrame(rows)
+
+
+def world_correctness(manifest_path: str | os.PathLike, progress: bool = False) -> pd.DataFrame:
+    """Per-image correctness of a shapes-world manifest with the world's checker (GenEval rules)."""
+    from drpo.world.checker import check
+
+    rows = read_manifest(manifest_path)
+    out = []
+    it = rows
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(rows, desc="checking", unit="img")
+    for r in it:
+        meta = dict(r["metadata"] or {})
+        if "tag" not in meta:
+            raise ValueError(f"{manifest_path}: row prompt_id={r['prompt_id']} has no metadata.tag; not a GenEval-format prompt set")
+        image = load_images([r["_abs_path"]])[0].permute(1, 2, 0).numpy()
+        res = check(image, {"prompt": r["prompt"], **meta})
+        out.append({"prompt_id": int(r["prompt_id"]), "seed": int(r["seed"]), "tag": meta["tag"],
+                    "correct": bool(res.correct), "fraction": float(res.fraction), "reason": res.reason,
+                    "image_path": r["image_path"]})
+    return pd.DataFrame(out)
+
+
+def correctness_from_scores(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """A score frame of a binary GenEval-style reward (1 correct, 0 wrong) as (tag, correct) rows."""
+    if "tag" not in df.columns or df["tag"].isna().any():
+        raise ValueError("correctness_from_scores: every score row needs a GenEval `tag` (from the manifest's metadata)")
+    return pd.DataFrame({"tag": df["tag"].astype(str), "correct": df["score"].to_numpy() > threshold})

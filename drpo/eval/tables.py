@@ -1,0 +1,678 @@
+"""The paper's tables and figures (METHOD.md §6) from a tidy results frame, with the paper beside us.
+
+Input: one row per number, columns `table, method, test_set, metric, value` and optionally
+`ci_low, ci_high, source` (the score file, summary or run the number comes from). Values are
+**raw** (PickScore 0.2349, accuracy 0.465, share 0.698, seconds); the display scaling
+(`drpo.eval.metrics.to_display`) is applied here and nowhere else. Method and test-set names are
+matched to the paper's rows leniently (`drpo.eval.paper.canonical_row`: "DPO 1step", "dpo" and
+"dpo_1step" are one row); unknown methods become extra rows after the paper's.
+
+Tables: sd_turbo_main, sdxl_turbo_main (Steps, Reward grad, PS/AES/IR on Pick-a-Pic v2 and Parti),
+hpsv3_efficiency (update seconds, speed-up, backward and the per-component breakdown: metrics
+`time:<component>`), geneval (metrics `geneval:<tag>`, accuracy), reference_objective,
+ablation_k / ablation_feature_map / ablation_kernel / ablation_eta, qwen3vl_preference (metric
+`preference`, the share). Figures: the preference bar chart with CIs, training curves, the timing
+breakdown.
+
+The paper column scheme (one, everywhere): each number of ours has the published number beside
+it. In `<name>.csv` every value column `C` is followed by `C (paper)` (numbers as displayed);
+Markdown and LaTeX cells read `23.49 (paper 23.49)`, `– (paper 23.49)` where we have no number and
+just `23.49` where the paper has none. `<name>.sources.csv` lists every cell: row, column, our
+display value, raw value, CI, the paper's value and where each comes from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from drpo.eval import paper as P
+from drpo.eval.metrics import (
+    GENEVAL_TAG_LABELS,
+    GENEVAL_TAGS,
+    canonical_metric,
+    check_raw,
+    display_decimals,
+    to_display,
+)
+
+RESULT_COLUMNS = ["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source"]
+DASH = "–"
+
+
+@dataclass
+class Cell:
+    value: float | str | None = None  # ours, display units
+    paper: float | str | None = None  # published, display units
+    decimals: int = 2
+    ci: tuple[float, float] | None = None  # ours, display units
+    raw: float | None = None
+    source: str = ""
+    paper_source: str = ""
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    row_header: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[list[Cell]]
+    groups: list[str] = field(default_factory=list)  # a column-group label per column ("" for none)
+    notes: str = ""
+
+    def header(self, j: int) -> str:
+        g = self.groups[j] if self.groups else ""
+        return f"{g} {self.columns[j]}".strip()
+
+    def cell(self, row: str, column: str) -> Cell:
+        """The cell at a row label and a full column header (group + column)."""
+        i = self.rows.index(row)
+        j = [self.header(k) for k in range(len(self.columns))].index(column)
+        return self.cells[i][j]
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+def load_results(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """A validated results frame (csv, parquet or DataFrame), with canonical names in `_row`, `_ts`, `_metric`."""
+    if not isinstance(results, pd.DataFrame):
+        path = Path(results)
+        if not path.exists():
+            raise FileNotFoundError(f"results file {path} does not exist")
+        results = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False, na_values=[""])
+        where = str(path)
+    else:
+        where = "results frame"
+    df = results.copy()
+    missing = [c for c in ("table", "method", "metric", "value") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: missing columns {missing}; need {RESULT_COLUMNS} (ci_low, ci_high, source, test_set optional)")
+    for c in ("test_set", "source"):
+        if c not in df.columns:
+            df[c] = ""
+        df[c] = df[c].fillna("").astype(str)
+    for c in ("ci_low", "ci_high"):
+        if c not in df.columns:
+            df[c] = np.nan
+    df["table"] = df["table"].astype(str).str.strip()
+    df["_row"] = [P.canonical_row(t, m) for t, m in zip(df["table"], df["method"])]
+    df["_ts"] = [P.canonical_test_set(t) for t in df["test_set"]]
+    df["_metric"] = [canonical_metric(m) for m in df["metric"]]
+    for i, r in df.iterrows():
+        v = _num(r["value"])
+        if v is not None:
+            check_raw(v, r["_metric"], where=f"{where} row {i} ({r['table']}/{r['method']}/{r['test_set']}): ")
+    return df
+
+
+def _lookup(res: pd.DataFrame, table: str, row: str, metric: str, test_set: str | None) -> pd.Series | None:
+    m = (res["table"] == table) & (res["_row"] == row) & (res["_metric"] == metric)
+    if test_set is not None:
+        m &= res["_ts"] == test_set
+    hit = res[m]
+    if len(hit) > 1:
+        raise ValueError(
+            f"results: {len(hit)} rows for table={table} method={row} test_set={test_set} metric={metric} "
+            f"(sources: {list(hit['source'])}); keep one"
+        )
+    return None if hit.empty else hit.iloc[0]
+
+
+def _num(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _metric_cell(res, table, row, metric, test_set, *, paper_key=None) -> Cell:
+    """Ours (display units, with CI) and the paper's number for one (row, test set, metric)."""
+    hit = _lookup(res, table, row, metric, test_set)
+    pk = paper_key or (row, test_set or _single_test_set(table), metric)
+    cell = Cell(decimals=display_decimals(metric), paper=P.PAPER.get(table, {}).get(pk))
+    if cell.paper is not None:
+        cell.paper_source = P.SECTIONS.get(table, "paper")
+    if hit is not None:
+        raw = _num(hit["value"])
+        cell.raw = raw
+        cell.value = to_display(raw, metric)
+        lo, hi = _num(hit["ci_low"]), _num(hit["ci_high"])
+        if lo is not None and hi is not None:
+            cell.ci = (to_display(lo, metric), to_display(hi, metric))
+        cell.source = hit["source"]
+    return cell
+
+
+def _single_test_set(table: str) -> str:
+    return "pickapic_v2" if table in ("reference_objective",) or table.startswith("ablation_") else ""
+
+
+def _row_keys(res: pd.DataFrame, table: str) -> list[str]:
+    """The paper's rows, then rows only our results have (in order of appearance)."""
+    keys = [r.key for r in P.ROWS.get(table, [])]
+    for k in res.loc[res["table"] == table, "_row"]:
+        if k not in keys:
+            keys.append(k)
+    return keys
+
+
+# -- table builders -----------------------------------------------------------------------------
+
+_MAIN_HEADERS = {"pickscore": "PS", "aesthetic": "AES", "imagereward": "IR"}
+
+
+def main_table(results, family: str = "sd-turbo") -> Table:
+    """§6.1/§6.2: rows = methods; Steps, Reward grad, then PS/AES/IR on Pick-a-Pic v2 and Parti."""
+    res = load_results(results)
+    name = {"sd-turbo": "sd_turbo_main", "sdxl-turbo": "sdxl_turbo_main"}.get(family)
+    if name is None:
+        raise ValueError(f"main_table: family must be sd-turbo or sdxl-turbo, got {family!r}")
+    title = {"sd_turbo_main": "SD-Turbo", "sdxl_turbo_main": "SDXL-Turbo"}[name] + " (PS = PickScore×100, IR = ImageReward×10)"
+    cols = [(ts, m) for ts in ("pickapic_v2", "parti") for m in P.MAIN_METRICS]
+    keys = _row_keys(res, name)
+    cells = []
+    for k in keys:
+        info = P.row_info(name, k)
+        steps = _text_cell(res, name, k, "steps", info.steps if info else None, "number of sampling steps")
+        grad = _text_cell(res, name, k, "reward_grad", info.reward_grad if info else None, "uses reward gradients")
+        cells.append([steps, grad] + [_metric_cell(res, name, k, m, ts) for ts, m in cols])
+    return Table(
+        name=name, title=title, row_header="Method", rows=[P.row_label(name, k) for k in keys],
+        columns=["Steps", "Reward grad"] + [_MAIN_HEADERS[m] for _, m in cols],
+        groups=["", ""] + [P.TEST_SETS[ts] for ts, _ in cols], cells=cells,
+    )
+
+
+def _text_cell(res, table, row, metric, paper_value, what: str) -> Cell:
+    """A method property (steps, reward grad): from our results when given there, else the paper's."""
+    hits = res[(res["table"] == table) & (res["_row"] == row) & (res["_metric"] == metric)]
+    if hits["value"].astype(str).nunique() > 1:
+        raise ValueError(f"results: conflicting {metric} values {sorted(hits['value'].astype(str).unique())} "
+                         f"for table={table} method={row} (sources: {list(hits['source'])})")
+    if len(hits):
+        hit = hits.iloc[0]
+        v = hit["value"]
+        if metric == "reward_grad" and _num(v) is not None:
+            v = "Yes" if _num(v) else "No"
+        elif _num(v) is not None:
+            v = int(_num(v))
+        return Cell(value=v, decimals=0, source=hit["source"])
+    if paper_value is None:
+        return Cell(decimals=0)
+    return Cell(value=paper_value, decimals=0, source=f"{P.SECTIONS.get(table, 'paper')} ({what}, a property of the method)")
+
+
+_EFFICIENCY_LINES = [("reward_grad", "Reward gradient"), ("effective_batch", "Effective batch"),
+                     ("update_s", "Update time (s)"), ("speedup", "Speed-up (×)"), ("backward_s", "Backward (s)")]
+
+
+def efficiency_table(results) -> Table:
+    """§6.3: rows = the table's lines plus the timing breakdown (`time:<component>`), columns = methods."""
+    res = load_results(results)
+    name = "hpsv3_efficiency"
+    keys = _row_keys(res, name)
+    mine = res[res["table"] == name]
+    breakdown = list(dict.fromkeys(m for m in mine["_metric"] if m.startswith("time:")))
+    lines = _EFFICIENCY_LINES + [(m, f"↳ {m.split(':', 1)[1].replace('_', ' ')} (s)") for m in breakdown]
+    ref = _lookup(res, name, "draft", "update_s", None)
+    grid: list[list[Cell]] = []
+    for metric, _ in lines:
+        row_cells = []
+        for k in keys:
+            paper = P.PAPER[name].get((k, "", metric))
+            src = P.SECTIONS[name] if paper is not None else ""
+            if metric == "reward_grad":
+                info = P.row_info(name, k)
+                c = _text_cell(res, name, k, metric, info.reward_grad if info else None, "uses reward gradients")
+            elif metric == "speedup":
+                c = Cell(decimals=2)
+                mine_t = _lookup(res, name, k, "update_s", None)
+                if ref is not None and mine_t is not None and _num(mine_t["value"]):
+                    c.raw = c.value = _num(ref["value"]) / _num(mine_t["value"])
+                    c.source = f"computed: update_s(DRaFT) / update_s({P.row_label(name, k)}) from {ref['source']} ; {mine_t['source']}"
+            else:
+                hit = _lookup(res, name, k, metric, None)
+                c = Cell(decimals=0 if metric == "effective_batch" else 2)
+                if hit is not None:
+                    c.raw = c.value = _num(hit["value"])
+                    lo, hi = _num(hit["ci_low"]), _num(hit["ci_high"])
+                    c.ci = (lo, hi) if lo is not None and hi is not None else None
+                    c.source = hit["source"]
+            c.paper, c.paper_source = paper, src
+            row_cells.append(c)
+        grid.append(row_cells)
+    return Table(name=name, title="Efficiency with HPSv3 (SD-Turbo): seconds per update at effective batch 192",
+                 row_header="Metric", rows=[label for _, label in lines],
+                 columns=[P.row_label(name, k) for k in keys], cells=grid)
+
+
+def geneval_table(results) -> Table:
+    """§6.4: rows = GenEval tasks + overall (mean of the six task accuracies), columns = methods, %."""
+    res = load_results(results)
+    name = "geneval"
+    keys = _row_keys(res, name)
+    grid = [[_metric_cell(res, name, k, f"geneval:{t}", None, paper_key=(k, "geneval", f"geneval:{t}")) for k in keys]
+            for t in GENEVAL_TAGS]
+    overall = []
+    for j, k in enumerate(keys):
+        c = _metric_cell(res, name, k, "geneval:overall", None)
+        if c.value is None and all(grid[i][j].raw is not None for i in range(len(GENEVAL_TAGS))):
+            c.raw = float(np.mean([grid[i][j].raw for i in range(len(GENEVAL_TAGS))]))
+            c.value = to_display(c.raw, "geneval")
+            c.source = "computed: mean of the six task accuracies (GenEval's overall score)"
+        overall.append(c)
+    grid.append(overall)
+    return Table(name=name, title="GenEval task accuracy (%)", row_header="Task",
+                 rows=[GENEVAL_TAG_LABELS[t] for t in GENEVAL_TAGS] + ["Overall (mean of tasks)"],
+                 columns=[P.row_label(name, k) for k in keys], cells=grid,
+                 notes="The paper prints no overall GenEval score.")
+
+
+def reference_objective_table(results) -> Table:
+    """§6.5: rows = reference objectives; PickScore, CLIP, HPSv2 (×100) and AES on Pick-a-Pic v2."""
+    res = load_results(results)
+    name = "reference_objective"
+    metrics = [("pickscore", "PickScore"), ("clip", "CLIP"), ("aesthetic", "AES"), ("hpsv2", "HPSv2")]
+    keys = _row_keys(res, name)
+    return Table(name=name, title="Reference objective (SD-Turbo, Pick-a-Pic v2; PickScore, CLIP, HPSv2 ×100)",
+                 row_header="Objective", rows=[P.row_label(name, k) for k in keys],
+                 columns=[h for _, h in metrics], cells=[[_metric_cell(res, name, k, m, None) for m, _ in metrics] for k in keys])
+
+
+ABLATIONS = {"ablation_k": "Candidates per prompt K", "ablation_feature_map": "Feature map",
+             "ablation_kernel": "Kernel", "ablation_eta": "Velocity scale η"}
+
+
+def ablation_table(results, which: str) -> Table:
+    """§6.6: one ablation (K, feature map, kernel, η); PS and AES on Pick-a-Pic v2, base row first."""
+    if which not in ABLATIONS:
+        raise ValueError(f"ablation_table: which must be one of {list(ABLATIONS)}, got {which!r}")
+    res = load_results(results)
+    keys = _row_keys(res, which)
+    return Table(name=which, title=f"Ablation: {ABLATIONS[which]} (SD-Turbo, Pick-a-Pic v2)",
+                 row_header=ABLATIONS[which], rows=[P.row_label(which, k) for k in keys], columns=["PS", "AES"],
+                 cells=[[_metric_cell(res, which, k, m, None) for m in ("pickscore", "aesthetic")] for k in keys])
+
+
+def preference_table(results) -> Table:
+    """§6.7: DrPO's Qwen3-VL preference share (%) against each opponent, per test set."""
+    res = load_results(results)
+    name = "qwen3vl_preference"
+    keys = _row_keys(res, name)
+    return Table(name=name, title="Qwen3-VL pairwise preference for DrPO (%), SDXL-Turbo", row_header="DrPO vs.",
+                 rows=[P.row_label(name, k) for k in keys], columns=[P.TEST_SETS[t] for t in ("pickapic_v2", "parti")],
+                 cells=[[_metric_cell(res, name, k, "preference", t) for t in ("pickapic_v2", "parti")] for k in keys])
+
+
+# -- writers ------------------------------------------------------------------------------------
+
+
+def _fmt(v, decimals: int) -> str:
+    if v is None:
+        return DASH
+    if isinstance(v, str):
+        return v
+    return f"{float(v):.{decimals}f}"
+
+
+def cell_text(c: Cell) -> str:
+    """The Markdown/LaTeX cell: 'ours (paper p)', '– (paper p)', 'ours' or '–'."""
+    ours = _fmt(c.value, c.decimals)
+    if c.paper is None:
+        return ours
+    return f"{ours} (paper {_fmt(c.paper, c.decimals)})"
+
+
+def _csv_value(v, decimals: int):
+    if v is None or isinstance(v, str):
+        return v
+    return int(round(float(v))) if decimals == 0 else round(float(v), decimals)
+
+
+def _csv_column(values: list) -> pd.Series:
+    """Integers stay integers next to blanks (Steps: 50, 1, blank), not 50.0."""
+    if all(v is None or isinstance(v, int) for v in values):
+        return pd.Series(values, dtype="Int64")
+    return pd.Series(values, dtype=object if any(isinstance(v, str) for v in values) else float)
+
+
+def table_frame(t: Table) -> pd.DataFrame:
+    """The CSV layout: row header column, then each column followed by its '(paper)' column when the paper has one."""
+    data: dict[str, pd.Series] = {t.row_header: pd.Series(list(t.rows), dtype=object)}
+    for j in range(len(t.columns)):
+        h = t.header(j)
+        data[h] = _csv_column([_csv_value(t.cells[i][j].value, t.cells[i][j].decimals) for i in range(len(t.rows))])
+        if any(t.cells[i][j].paper is not None for i in range(len(t.rows))):
+            data[f"{h} (paper)"] = _csv_column([_csv_value(t.cells[i][j].paper, t.cells[i][j].decimals) for i in range(len(t.rows))])
+    return pd.DataFrame(data)
+
+
+def sources_frame(t: Table) -> pd.DataFrame:
+    out = []
+    for i, r in enumerate(t.rows):
+        for j in range(len(t.columns)):
+            c = t.cells[i][j]
+            out.append({
+                "table": t.name, "row": r, "column": t.header(j), "value": _csv_value(c.value, c.decimals), "raw": c.raw,
+                "ci_low": c.ci[0] if c.ci else None, "ci_high": c.ci[1] if c.ci else None,
+                "paper": c.paper, "source": c.source, "paper_source": c.paper_source,
+            })
+    return pd.DataFrame(out)
+
+
+def markdown(t: Table) -> str:
+    """A GitHub Markdown table (own formatter: `tabulate` is not a dependency)."""
+    header = [t.row_header] + [t.header(j) for j in range(len(t.columns))]
+    body = [[r] + [cell_text(c) for c in row] for r, row in zip(t.rows, t.cells)]
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [f"### {t.title}", "", "| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join(["---"] + [":---:"] * len(t.columns)) + "|"]
+    lines += ["| " + " | ".join(esc(x) for x in row) + " |" for row in body]
+    lines += ["", f"Cells: ours (paper value). Every cell's source: `{t.name}.sources.csv`." + (f" {t.notes}" if t.notes else "")]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPE = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_UNICODE = {"η": r"$\eta$", "×": r"$\times$", "–": "--", "↳": r"\quad ", "−": "-", "≈": r"$\approx$"}
+
+
+def tex_escape(s: str) -> str:
+    s = "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
+    for k, v in _TEX_UNICODE.items():
+        s = s.replace(k, v)
+    return s
+
+
+def latex(t: Table) -> str:
+    """A booktabs table; column groups become \\multicolumn headers. Cells: ours {\\scriptsize(paper p)}."""
+    n = len(t.columns)
+
+    def cell(c: Cell) -> str:
+        ours = tex_escape(_fmt(c.value, c.decimals))
+        return ours if c.paper is None else f"{ours}~{{\\scriptsize(paper {tex_escape(_fmt(c.paper, c.decimals))})}}"
+
+    lines = [f"% generated by `drpo tables`; cells: ours (paper value); sources: {t.name}.sources.csv",
+             r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(t.title)}}}", f"\\label{{tab:{t.name}}}",
+             f"\\begin{{tabular}}{{l{'c' * n}}}", r"\toprule"]
+    if t.groups and any(t.groups):
+        spans, rules, j = [""], [], 0
+        while j < n:
+            k = j
+            while k + 1 < n and t.groups[k + 1] == t.groups[j]:
+                k += 1
+            g = t.groups[j]
+            spans.append(f"\\multicolumn{{{k - j + 1}}}{{c}}{{{tex_escape(g)}}}" if g and k > j else tex_escape(g))
+            if g:
+                rules.append(f"\\cmidrule(lr){{{j + 2}-{k + 2}}}")
+            j = k + 1
+        lines.append(" & ".join(spans) + r" \\")
+        lines.append("".join(rules))
+        heads = t.columns
+    else:
+        heads = [t.header(j) for j in range(n)]
+    lines.append(" & ".join([tex_escape(t.row_header)] + [tex_escape(h) for h in heads]) + r" \\")
+    lines.append(r"\midrule")
+    for r, row in zip(t.rows, t.cells):
+        lines.append(" & ".join([tex_escape(r)] + [cell(c) for c in row]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(t: Table, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """`<name>.csv`, `.md`, `.tex` and `<name>.sources.csv` in out_dir (atomic writes)."""
+    from drpo.io import atomic_path, write_text
+
+    out = Path(out_dir)
+    paths = {"csv": out / f"{t.name}.csv", "md": out / f"{t.name}.md", "tex": out / f"{t.name}.tex",
+             "sources": out / f"{t.name}.sources.csv"}
+    for key, frame in (("csv", table_frame(t)), ("sources", sources_frame(t))):
+        with atomic_path(paths[key]) as tmp:
+            frame.to_csv(tmp, index=False)
+    write_text(paths["md"], markdown(t))
+    write_text(paths["tex"], latex(t))
+    return paths
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    from drpo.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def preference_chart(results, out_png: str | os.PathLike) -> Path | None:
+    """§6.7 bar chart: DrPO's preference share (%) vs each opponent, both test sets, bootstrap CIs as
+    error bars, the paper's (chart-read) values as black ticks, 50 % dashed. None without our numbers."""
+    t = preference_table(results)
+    if all(c.value is None for row in t.cells for c in row):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.4 * len(t.rows) + 2, 3.6))
+    width = 0.38
+    x = np.arange(len(t.rows))
+    for j, label in enumerate(t.columns):
+        vals = np.array([c.value if c.value is not None else np.nan for c in (row[j] for row in t.cells)], float)
+        lo = np.array([vals[i] - c.ci[0] if c.ci else 0.0 for i, c in enumerate(row[j] for row in t.cells)])
+        hi = np.array([c.ci[1] - vals[i] if c.ci else 0.0 for i, c in enumerate(row[j] for row in t.cells)])
+        pos = x + (j - 0.5) * width
+        ax.bar(pos, vals, width, label=f"{label} (ours)", yerr=np.nan_to_num(np.vstack([lo, hi])), capsize=3)
+        paper = np.array([c.paper if c.paper is not None else np.nan for c in (row[j] for row in t.cells)], float)
+        ax.scatter(pos, paper, marker="_", s=300, color="black", zorder=3, label="paper" if j == 0 else None)
+        for p, v, up in zip(pos, vals, hi):
+            if not np.isnan(v):
+                ax.text(p, v + up + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.axhline(50, ls="--", color="grey", lw=1)
+    ax.set_xticks(x, t.rows)
+    ax.set_ylabel("DrPO preference [%]")
+    ax.set_ylim(0, 100)
+    ax.set_title("Qwen3-VL pairwise preference (SDXL-Turbo)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, Path(out_png))
+
+
+def efficiency_chart(results, out_png: str | os.PathLike) -> Path | None:
+    """Stacked per-update time breakdown (`time:<component>` seconds) per method; None without any."""
+    res = load_results(results)
+    mine = res[(res["table"] == "hpsv3_efficiency") & res["_metric"].str.startswith("time:")]
+    if mine.empty:
+        return None
+    plt = _plt()
+    methods = list(dict.fromkeys(mine["_row"]))
+    comps = list(dict.fromkeys(mine["_metric"]))
+    fig, ax = plt.subplots(figsize=(6, 0.8 * len(methods) + 1.5))
+    left = np.zeros(len(methods))
+    for comp in comps:
+        hits = [_lookup(res, "hpsv3_efficiency", m, comp, None) for m in methods]
+        vals = np.array([_num(h["value"]) or 0.0 if h is not None else 0.0 for h in hits])
+        ax.barh([P.row_label("hpsv3_efficiency", m) for m in methods], vals, left=left, label=comp.split(":", 1)[1])
+        left += vals
+    ax.set_xlabel("seconds per update")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    ax.set_title("HPSv3 update time breakdown")
+    return _save(fig, Path(out_png))
+
+
+CURVE_KEYS = ("eval/{metric}", "eval/{metric}_mean", "eval/reward", "eval/reward_mean", "{metric}", "reward/mean")
+
+
+def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
+    """A run's metrics: JSONL (the trainer's metrics.jsonl) or CSV; one row per logged step."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"metrics file {path} does not exist")
+    if path.suffix == ".jsonl":
+        from drpo.io import read_jsonl
+
+        return pd.DataFrame(read_jsonl(path))
+    return pd.read_csv(path)
+
+
+def training_curves(
+    runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, *, metric: str = "pickscore",
+    y_key: str | None = None, x_key: str = "step", paper: bool = True,
+) -> Path:
+    """Reward vs step (or hours when x_key='time') of several runs in display units, with the paper's
+    approximate curves (§6.8) dotted for runs named like a paper method. Also writes the plotted
+    points to `<png stem>.csv` and their sources to `<png stem>.sources.csv`."""
+    from drpo.io import atomic_path
+
+    if not runs:
+        raise ValueError("training_curves: no runs")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    points, sources = [], []
+    for label, path in runs.items():
+        log = read_metrics_log(path)
+        key = y_key or next((k.format(metric=metric) for k in CURVE_KEYS if k.format(metric=metric) in log.columns), None)
+        if key is None or key not in log.columns:
+            raise ValueError(f"metrics file {path}: no column for the curve (tried {[k.format(metric=metric) for k in CURVE_KEYS] if not y_key else [y_key]}); "
+                             f"columns: {sorted(log.columns)}; pass y_key")
+        if x_key not in log.columns:
+            raise ValueError(f"metrics file {path}: no x column {x_key!r}; columns: {sorted(log.columns)}")
+        d = log[[x_key, key]].dropna().sort_values(x_key)
+        x = d[x_key].to_numpy(float)
+        if x_key == "time":
+            x = (x - x[0]) / 3600.0
+        y = np.array([to_display(v, metric) for v in d[key].to_numpy(float)])
+        line, = ax.plot(x, y, label=label)
+        points += [{"run": label, "x": xi, "y": yi} for xi, yi in zip(x, y)]
+        sources.append({"run": label, "path": str(path), "column": key, "x": x_key, "points": len(x)})
+        pk = P.canonical_row("sd_turbo_main", label)
+        if paper and pk in P.PAPER_CURVES and canonical_metric(metric) == "pickscore" and x_key == "step":
+            px, py = zip(*P.PAPER_CURVES[pk])
+            ax.plot(px, py, ls=":", marker="o", ms=3, color=line.get_color(), label=f"{label} (paper, approx.)")
+    ax.set_xlabel("hours" if x_key == "time" else x_key)
+    ax.set_ylabel(f"{metric} (display units)")
+    ax.legend(fontsize=7)
+    out = Path(out_png)
+    for suffix, frame in ((".csv", pd.DataFrame(points)), (".sources.csv", pd.DataFrame(sources))):
+        with atomic_path(out.with_suffix(suffix)) as tmp:
+            frame.to_csv(tmp, index=False)
+    return _save(fig, out)
+
+
+# -- everything ---------------------------------------------------------------------------------
+
+TABLE_BUILDERS = {
+    "sd_turbo_main": lambda r: main_table(r, "sd-turbo"),
+    "sdxl_turbo_main": lambda r: main_table(r, "sdxl-turbo"),
+    "hpsv3_efficiency": efficiency_table,
+    "geneval": geneval_table,
+    "reference_objective": reference_objective_table,
+    **{name: (lambda r, n=name: ablation_table(r, n)) for name in ABLATIONS},
+    "qwen3vl_preference": preference_table,
+}
+
+
+def build_all(
+    results, out_dir: str | os.PathLike, *, curves: dict[str, str | os.PathLike] | None = None,
+    curve_metric: str = "pickscore", curve_key: str | None = None, include_empty: bool = False,
+) -> dict[str, dict[str, Path]]:
+    """Every table with results (all with include_empty), the figures, and `index.md` linking them."""
+    from drpo.io import write_text
+
+    res = load_results(results)
+    unknown = sorted(set(res["table"]) - set(TABLE_BUILDERS))
+    if unknown:
+        raise ValueError(f"results name unknown tables {unknown}; known: {sorted(TABLE_BUILDERS)}")
+    out = Path(out_dir)
+    written: dict[str, dict[str, Path]] = {}
+    index = ["# Tables and figures", "", "Cells: ours (paper value); each table's `<name>.sources.csv` traces every cell.", ""]
+    for name, build in TABLE_BUILDERS.items():
+        if not include_empty and not (res["table"] == name).any():
+            continue
+        t = build(res)
+        written[name] = write_table(t, out)
+        index += [markdown(t), f"Files: `{name}.csv`, `{name}.md`, `{name}.tex`, `{name}.sources.csv`", ""]
+    figures = {
+        "qwen3vl_preference_chart": preference_chart(res, out / "qwen3vl_preference.png"),
+        "hpsv3_breakdown_chart": efficiency_chart(res, out / "hpsv3_breakdown.png"),
+    }
+    if curves:
+        figures["training_curves"] = training_curves(curves, out / "training_curves.png", metric=curve_metric, y_key=curve_key)
+    for name, path in figures.items():
+        if path is not None:
+            written[name] = {"png": path}
+            index += [f"### {name}", "", f"![{name}]({path.name})", ""]
+    write_text(out / "index.md", "\n".join(index) + "\n")
+    return written
+
+
+# -- results rows from other outputs ------------------------------------------------------------
+
+
+def result_from_summary(summary: dict | str | os.PathLike, *, table: str, method: str, test_set: str,
+                        metric: str | None = None) -> dict:
+    """A results row from a `drpo score --summary` JSON (raw mean and CI; source = the score file)."""
+    import json
+
+    src = ""
+    if not isinstance(summary, dict):
+        src = str(summary)
+        summary = json.loads(Path(summary).read_text())
+    for k in ("metric", "mean"):
+        if k not in summary:
+            raise ValueError(f"summary {src or '(dict)'} has no {k!r}; is it a `drpo score --summary` file?")
+    return {"table": table, "method": method, "test_set": test_set, "metric": metric or summary["metric"],
+            "value": summary["mean"], "ci_low": summary.get("ci_low"), "ci_high": summary.get("ci_high"),
+            "source": summary.get("scores") or src}
+
+
+def _ci_from(summary: dict) -> tuple[float | None, float | None]:
+    for key in ("preference_share_ci95", "ci", "preference_share_ci", "ci95", "bootstrap_ci"):
+        ci = summary.get(key)
+        if isinstance(ci, (list, tuple)) and len(ci) == 2:
+            return float(ci[0]), float(ci[1])
+        if isinstance(ci, dict):
+            lo, hi = ci.get("low", ci.get("lo")), ci.get("high", ci.get("hi"))
+            if lo is not None and hi is not None:
+                return float(lo), float(hi)
+    if "ci_low" in summary and "ci_high" in summary:
+        return float(summary["ci_low"]), float(summary["ci_high"])
+    return None, None
+
+
+def result_from_judge_summary(summary: dict | str | os.PathLike, *, opponent: str | None = None,
+                              test_set: str | None = None) -> dict:
+    """A qwen3vl_preference results row from a `drpo judge --summary` JSON: preference_share in [0, 1]
+    (DrPO = the left method), preference_share_ci95 (or ci / ci_low+ci_high), the opponent from
+    `right_label` unless given; the test set must be given unless the file has `test_set`."""
+    import json
+
+    src = "(dict)"
+    if not isinstance(summary, dict):
+        src = str(summary)
+        summary = json.loads(Path(summary).read_text())
+    if "preference_share" not in summary:
+        raise ValueError(f"judge summary {src} has no 'preference_share' (keys: {sorted(summary)})")
+    opponent = opponent or summary.get("opponent") or summary.get("right_label") or summary.get("method_b")
+    test_set = test_set or summary.get("test_set")
+    if not opponent or not test_set:
+        raise ValueError(f"judge summary {src}: name the opponent and test set (OPPONENT:TEST_SET=path), the file has neither")
+    lo, hi = _ci_from(summary)
+    return {"table": "qwen3vl_preference", "method": opponent, "test_set": test_set, "metric": "preference",
+            "value": float(summary["preference_share"]), "ci_low": lo, "ci_high": hi, "source": src}
