@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("drpo.toy", "2-D demonstration of the drift field (writes a figure, < 30 s on a laptop)"),
     "train": ("drpo.train.cli", "train DrPO, its offline variant or a baseline from a config (resumable)"),
     "job": ("drpo.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
+    "collect": ("drpo.eval.collect", "gather the workflow's score and judge summaries into one results file"),
+    "report": ("drpo.eval.report", "one self-contained HTML page: tables, figures, sample grids"),
     "sample": ("drpo.eval.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),
     "score": ("drpo.eval.metrics_cli", "a metric on a sampled test set: any reward, FID, diversity, GenEval (resumable)"),
     "tables": ("drpo.eval.tables_cli", "the paper's tables and figures from a results file, paper values beside ours"),

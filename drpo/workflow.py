@@ -314,3 +314,25 @@ def judge_args(config: dict) -> str:
     if judge.get("max_pairs"):
         args.append(f"--max-pairs {judge['max_pairs']}")
     return " ".join(args)
+
+
+def table_rows(config: dict, table: str) -> list[str]:
+    """Row names of a config table: its `rows`, or an ablation grid's base run and its points."""
+    spec = config.get("tables", {})[table]
+    if spec.get("rows"):
+        return list(spec["rows"])
+    grid_name = spec.get("ablation")
+    if grid_name:
+        grid = config["training"]["ablations"][grid_name]
+        return [grid["run"]] + [f"{grid['run']}-{grid_name}-{_slug(v)}" for v in grid["values"]]
+    return list(config["evaluation"].get("base_models", {})) + list(config["training"]["runs"])
+
+
+def collect_spec(config: dict, judged: list[str]) -> dict:
+    """What `drpo collect` needs to turn summaries into the tidy results file."""
+    tables = {name: {**spec, "rows": table_rows(config, name)} for name, spec in config.get("tables", {}).items()}
+    return {
+        "results": results_dir(config), "models": eval_models(config), "test_sets": config["evaluation"]["test_sets"],
+        "metrics": list(config["evaluation"]["metrics"]), "metric_specs": config["evaluation"]["metrics"],
+        "tables": tables, "judged": judged,
+    }

@@ -186,8 +186,12 @@ def test_already_scaled_and_duplicate_results_are_refused(tmp_path):
                         r("sd_turbo_main", "drpo", "pap", "ps", 0.24, "b")])
     with pytest.raises(ValueError, match="2 rows"):
         T.main_table(dup)
-    with pytest.raises(ValueError, match="unknown tables"):
-        T.build_all(pd.DataFrame([r("nope", "DrPO", "", "pickscore", 0.2, "a")]), tmp_path)
+    # a table the paper does not have is a generic one: methods × (test set, metric), scaled once
+    written = T.build_all(pd.DataFrame([r("world_main", "DrPO", "world_test", "pickscore", 0.2, "a"),
+                                        r("world_main", "Base", "world_test", "pickscore", 0.1, "b")]), tmp_path)
+    assert set(written) == {"world_main"}
+    md = (tmp_path / "world_main.md").read_text()
+    assert "| DrPO | 20.00 |" in md and "| Base | 10.00 |" in md
     with pytest.raises(ValueError, match="missing columns"):
         T.load_results(pd.DataFrame({"table": ["x"]}))
 

@@ -1,148 +1,250 @@
 """Black-box rewards — the point of DrPO: any executable, any HTTP endpoint.
 
-`command`: runs an executable (an argv list; never a shell) once per batch. It reads one JSON line
-per image on stdin, `{"prompt": str, "image": <base64 PNG>, "metadata": {...}}`, and writes one
-score per image: a line holding a number or `{"score": x}`, or one line `{"scores": [...]}`.
+DrPO only needs a ranking of each prompt's candidates, so the reward may be a program we know
+nothing about. Both kinds fail loudly: a crash (non-zero exit, with the stderr tail), a hang
+(timeout), a wrong number of scores, NaN/inf or unparseable output raise a `RewardError` naming the
+reward, the command or URL, and what went wrong. Crashes, hangs, 5xx answers and refused
+connections are retried `retries` times with exponential backoff (backoff·2^i seconds) first;
+wrong counts, NaN and garbage are not (a deterministic program would give them again).
 
-`http`: POSTs `{"prompts": [...], "images": [<base64 PNG>...], "metadata": [...]}` to the configured
-URL only (redirects are refused) and expects `{"scores": [...]}`.
+`command` — options: command (argv list, e.g. [python, score.py, --fast]; a string is split with
+shlex, never given to a shell), mode (per_call | persistent), timeout (s per batch), retries,
+backoff, image_transport (base64 | path), env (extra environment variables), cwd, batch_size.
+The program reads one JSON line per image on stdin:
 
-Both retry crashes, timeouts and 5xx answers a bounded number of times with backoff, then raise a
-`RewardError` naming the reward, the command or URL, and what went wrong; a wrong count, NaN or an
-unparseable answer is an error at once.
+    {"prompt": "a red cube", "image": "<base64 PNG, or a PNG path with image_transport: path>", "metadata": {...}}
+
+and writes scores on stdout: one line per image holding a number or {"score": x}, or one line
+{"scores": [x, ...]} for the batch. Logs belong on stderr.
+  per_call:   the program runs once per batch; stdin is closed after the last line.
+  persistent: one long-lived process; each batch's lines are written and the program must answer
+              (and flush) its scores for them before the next batch — start-up cost is paid once.
+              A process that dies or hangs is restarted for the retry.
+
+`http` — options: url, timeout, retries, backoff, headers, verify (TLS), batch_size. POSTs
+    {"prompts": [...], "images": [<base64 PNG>, ...], "metadata": [{...}, ...]}
+to exactly `url` and expects 200 with {"scores": [...]}. Redirects are not followed (a 3xx is an
+error naming its Location), and proxy settings / .netrc credentials from the environment are not
+used, so the images go to the configured URL only.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import math
 import shlex
 import subprocess
 import time
 
+import torch
 from torch import Tensor
 
 from drpo.rewards import Reward, RewardError, check_scores
+from drpo.rewards.transport import (
+    IMAGE_TRANSPORTS, ImagePayload, LineProcess, Transient, child_env, dumps, parse_score_line,
+    parse_scores, retry, tail,
+)
+
+MODES = ("per_call", "persistent")
 
 
-def png_base64(image: Tensor) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def parse_score_lines(text: str) -> list[float]:
-    """One number per line, `{"score": x}` per line, or one `{"scores": [...]}` line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    scores: list[float] = []
-    for line in lines:
-        value = json.loads(line)  # a bare number is valid JSON
-        if isinstance(value, dict) and "scores" in value:
-            scores.extend(float(v) for v in value["scores"])
-        elif isinstance(value, dict) and "score" in value:
-            scores.append(float(value["score"]))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            scores.append(float(value))
-        else:
-            raise ValueError(f"unexpected line {line[:80]!r}")
-    return scores
-
-
-class _Retrying(Reward):
+class _BlackBox(Reward):
     def __init__(self, timeout: float, retries: int, backoff: float, batch_size: int, device):
         super().__init__(batch_size, device)
+        if float(timeout) <= 0 or int(retries) < 0 or float(backoff) < 0:
+            raise ValueError(f"reward {self.name}: need timeout > 0, retries >= 0, backoff >= 0; got {timeout}, {retries}, {backoff}")
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
 
-    def _retry(self, attempt, what: str):
-        """Call attempt() up to 1 + retries times; `_Transient` errors are retried with backoff."""
-        last = None
-        for i in range(self.retries + 1):
-            try:
-                return attempt()
-            except _Transient as err:
-                last = err
-                if i < self.retries:
-                    time.sleep(self.backoff * 2**i)
-        raise RewardError(f"reward {self.name} ({what}): {last} (after {self.retries + 1} attempts)")
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _fail(self, what: str) -> RewardError:
+        return RewardError(f"reward {self.name} ({self._where()}): {what}")
 
 
-class _Transient(Exception):
-    """A failure worth retrying: a crash, a timeout, a 5xx, a refused connection."""
+class CommandReward(_BlackBox):
+    """Scores from any executable speaking JSON lines (see the module docstring)."""
 
-
-class CommandReward(_Retrying):
     name = "command"
 
-    def __init__(self, command: list[str] | str, timeout: float = 60.0, retries: int = 2, backoff: float = 0.5, batch_size: int = 64, device="cpu", env: dict | None = None):
+    def __init__(
+        self,
+        command: list[str] | str,
+        mode: str = "per_call",
+        timeout: float = 60.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+        image_transport: str = "base64",
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__(timeout, retries, backoff, batch_size, device)
         self.argv = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
         if not self.argv:
-            raise ValueError("reward command: options.command must name an executable")
-        self.env = env
+            raise ValueError("reward command: options.command must name an executable (an argv list)")
+        if mode not in MODES:
+            raise ValueError(f"reward command: options.mode must be one of {MODES}, got {mode!r}")
+        if image_transport not in IMAGE_TRANSPORTS:
+            raise ValueError(f"reward command: options.image_transport must be one of {IMAGE_TRANSPORTS}, got {image_transport!r}")
+        self.mode, self.image_transport, self.cwd = mode, image_transport, cwd
+        self.env = child_env(env)
+        self._proc: LineProcess | None = None
 
-    def score(self, images, prompts, metadata):
-        payload = "".join(
-            json.dumps({"prompt": p, "image": png_base64(img), "metadata": m}) + "\n" for img, p, m in zip(images, prompts, metadata)
-        )
-        what = " ".join(self.argv)
+    def _where(self) -> str:
+        return shlex.join(self.argv)
 
-        def attempt():
+    def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Tensor:
+        with ImagePayload(images, self.image_transport) as items:
+            payload = "".join(
+                dumps({"prompt": p, "image": item, "metadata": m}) + "\n" for item, p, m in zip(items, prompts, metadata)
+            )
+            attempt = self._per_call(payload) if self.mode == "per_call" else self._persistent(payload, len(prompts))
             try:
-                proc = subprocess.run(self.argv, input=payload, capture_output=True, text=True, timeout=self.timeout, env=self.env)
-            except subprocess.TimeoutExpired:
-                raise _Transient(f"no answer within {self.timeout:g} s (hung?)") from None
-            except OSError as err:
-                raise RewardError(f"reward {self.name} ({what}): cannot run it: {err}") from None
-            if proc.returncode != 0:
-                tail = proc.stderr.strip()[-500:] or "(no stderr)"
-                raise _Transient(f"exited with code {proc.returncode}; stderr: {tail}")
-            return proc.stdout
+                scores = retry(attempt, self.retries, self.backoff, self._on_failure)
+            except Transient as err:
+                raise self._fail(str(err)) from None
+        return check_scores(scores, len(prompts), self.name, f" ({self._where()})")
 
-        out = self._retry(attempt, what)
+    def _parse(self, text: str) -> list[float]:
         try:
-            scores = parse_score_lines(out)
-        except (ValueError, TypeError) as err:
-            raise RewardError(f"reward {self.name} ({what}): cannot parse its output: {err}; output starts {out[:200]!r}") from None
-        return check_scores(scores, len(prompts), self.name, f" ({what})")
+            return parse_scores(text)
+        except ValueError as err:
+            raise self._fail(f"cannot parse its output: {err}; output starts {text[:200]!r}") from None
+
+    def _per_call(self, payload: str):
+        def attempt() -> list[float]:
+            try:
+                proc = subprocess.run(  # argv list, no shell
+                    self.argv, input=payload.encode("utf-8"), capture_output=True, timeout=self.timeout,
+                    env=self.env, cwd=self.cwd,
+                )
+            except subprocess.TimeoutExpired:
+                raise Transient(f"no answer within {self.timeout:g} s (hung?); killed") from None
+            except OSError as err:
+                raise self._fail(f"cannot run it: {err}") from None
+            stderr = proc.stderr.decode("utf-8", errors="replace")
+            if proc.returncode != 0:
+                raise Transient(f"exited with code {proc.returncode}; stderr: {tail(stderr, 500)}")
+            return self._parse(proc.stdout.decode("utf-8", errors="replace"))
+
+        return attempt
+
+    def _persistent(self, payload: str, count: int):
+        def attempt() -> list[float]:
+            if self._proc is None or not self._proc.alive:
+                try:
+                    self._proc = LineProcess(self.argv, env=self.env, cwd=self.cwd)
+                except OSError as err:
+                    raise self._fail(f"cannot run it: {err}") from None
+            deadline = time.monotonic() + self.timeout
+            self._proc.send(payload, deadline, f"{count} input lines")
+            scores: list[float] = []
+            while len(scores) < count:
+                try:
+                    line = self._proc.readline(deadline, f"{count} images")
+                except Transient as err:
+                    raise Transient(f"{err} (timeout {self.timeout:g} s; got {len(scores)} of {count} scores)") from None
+                if line.strip():
+                    try:
+                        scores.extend(parse_score_line(line))
+                    except ValueError as err:
+                        self._proc.kill()  # its output is out of step with ours now
+                        raise self._fail(f"cannot parse its output: {err}") from None
+            return scores  # more than count: check_scores reports the wrong count
+
+        return attempt
+
+    def _on_failure(self, err: Transient) -> None:
+        if self._proc is not None:
+            self._proc.kill()  # a fresh process for the retry
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
+
+    def __del__(self):
+        try:
+            if self._proc is not None:
+                self._proc.kill()
+        except Exception:
+            pass
 
 
-class HTTPReward(_Retrying):
+class HTTPReward(_BlackBox):
+    """Scores from an HTTP endpoint (see the module docstring)."""
+
     name = "http"
 
-    def __init__(self, url: str, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 32, device="cpu", headers: dict | None = None):
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        headers: dict[str, str] | None = None,
+        verify: bool = True,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__(timeout, retries, backoff, batch_size, device)
-        if not url.startswith(("http://", "https://")):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"reward http: options.url must be an http(s) URL, got {url!r}")
-        self.url, self.headers = url, dict(headers or {})
+        self.url, self.headers, self.verify = url, dict(headers or {}), bool(verify)
+        self._session = None
 
-    def score(self, images, prompts, metadata):
+    def _where(self) -> str:
+        return self.url
+
+    def _client(self):
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.trust_env = False  # no proxies or .netrc from the environment: this URL only
+        return self._session
+
+    def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Tensor:
         import requests
 
-        body = {"prompts": list(prompts), "images": [png_base64(img) for img in images], "metadata": list(metadata)}
+        with ImagePayload(images, "base64") as items:
+            body = dumps({"prompts": list(prompts), "images": items, "metadata": list(metadata)}).encode("utf-8")
+        headers = {"Content-Type": "application/json", **self.headers}
 
         def attempt():
             try:
-                resp = requests.post(self.url, json=body, timeout=self.timeout, headers=self.headers, allow_redirects=False)
+                resp = self._client().post(self.url, data=body, headers=headers, timeout=self.timeout,
+                                           allow_redirects=False, verify=self.verify)
             except requests.Timeout:
-                raise _Transient(f"no answer within {self.timeout:g} s") from None
+                raise Transient(f"no answer within {self.timeout:g} s (timeout)") from None
             except requests.ConnectionError as err:
-                raise _Transient(f"cannot connect: {err.__class__.__name__}") from None
+                raise Transient(f"cannot connect: {type(err).__name__}: {tail(str(err), 200)}") from None
+            if 300 <= resp.status_code < 400:
+                raise self._fail(
+                    f"HTTP {resp.status_code} redirect to {resp.headers.get('Location')!r} refused; "
+                    f"redirects are not followed — configure the final URL"
+                )
             if resp.status_code >= 500:
-                raise _Transient(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                raise Transient(f"HTTP {resp.status_code}: {tail(resp.text, 200)}")
             if resp.status_code != 200:
-                raise RewardError(f"reward {self.name} ({self.url}): HTTP {resp.status_code}: {resp.text[:200]}")
+                raise self._fail(f"HTTP {resp.status_code}: {tail(resp.text, 200)}")
             return resp
 
-        resp = self._retry(attempt, self.url)
         try:
-            scores = resp.json()["scores"]
-            scores = [float(s) for s in scores]
-        except (ValueError, KeyError, TypeError) as err:
-            raise RewardError(f"reward {self.name} ({self.url}): expected JSON {{\"scores\": [...]}}, got {resp.text[:200]!r} ({err})") from None
-        if any(math.isnan(s) or math.isinf(s) for s in scores):
-            raise RewardError(f"reward {self.name} ({self.url}): NaN or infinite scores {scores[:8]}")
+            resp = retry(attempt, self.retries, self.backoff)
+        except Transient as err:
+            raise self._fail(str(err)) from None
+        try:
+            data = json.loads(resp.text)
+            scores = data["scores"] if isinstance(data, dict) else None
+            if not isinstance(scores, list):
+                raise ValueError("no 'scores' list")
+        except (ValueError, KeyError) as err:
+            raise self._fail(f'expected JSON {{"scores": [...]}}, got {resp.text[:200]!r} ({err})') from None
         return check_scores(scores, len(prompts), self.name, f" ({self.url})")
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

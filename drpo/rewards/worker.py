@@ -1,245 +1,389 @@
-"""Scorers that live in their own environment, behind a long-lived worker process.
+"""Reward worker: the server side of scorers that live in their own Python environment.
 
 HPSv2, HPSv3, ImageReward and GenEval's detector need torchvision or pin old libraries, so they run
-in their own conda environments (envs/*.yaml) and talk to drpo over a small protocol:
+in their own conda environments (envs/*.yaml) as a long-lived process that drpo talks to over
+JSON lines. This file is self-contained (standard library, Pillow and the scorer's own package), so
+the other environment needs neither drpo nor its dependencies: the client runs it by file path,
+`<python> /path/to/drpo/rewards/worker.py --scorer hpsv3 --options '{"device": "cuda"}'`
+(`python -m drpo.rewards.worker ...` works where drpo is installed). Python >= 3.8.
 
-    client → worker (stdin), one JSON line per request:
-        {"id": 3, "images": ["<base64 PNG>", ...], "prompts": [...], "metadata": [{...}, ...]}
-    worker → client (stdout), one JSON line per answer:
-        {"id": 3, "scores": [0.12, ...]}            or      {"id": 3, "error": "message"}
-    the worker's first line is a handshake: {"protocol": 1, "scorer": "hpsv3", "ready": true}
+Protocol (version 1), one JSON object per line, UTF-8:
 
-Start one by hand: `python -m drpo.rewards.worker --scorer hpsv3 --options '{"device": "cuda"}'`.
-In a config: `{name: hpsv3, options: {python: /path/to/envs/hpsv3/bin/python}}`. Logs go to stderr.
-`brightness` (mean pixel value) is a scorer without dependencies, for tests and smoke checks.
+    worker → client, first line (handshake):
+        {"protocol": 1, "name": "hpsv3", "version": "<scorer package version>", "ready": true, "pid": 123}
+      or, when the scorer cannot start (package missing, weights missing), then exit code 3:
+        {"protocol": 1, "name": "hpsv3", "ready": false, "error": "<what and how to fix it>"}
+    client → worker (stdin), one line per request:
+        {"id": 7, "images": [<PNG file path or base64 PNG>, ...], "prompts": [...], "metadata": [{...}, ...]}
+    worker → client (stdout), one line per request, in order:
+        {"id": 7, "scores": [0.12, ...]}          (one finite float per image)
+      or {"id": 7, "error": "<exception type: message>"}   (the worker keeps serving)
+    The client closes stdin to stop the worker (exit code 0).
+
+An image string is a path when such a file exists, else base64 (a "data:image/png;base64," prefix
+is allowed). `metadata` may be omitted (empty dicts). Everything the scorer libraries print goes to
+stderr: the worker moves file descriptor 1 to stderr at start and keeps the protocol on a private
+copy, so a chatty library cannot corrupt the protocol.
+
+Scorers and their options (unknown options are an error):
+    brightness   mean pixel value in [0, 1] (no dependencies; tests and smoke checks)
+    hpsv2        hpsv2.score(images, prompt, cp=checkpoint, hps_version=version)  [version: v2.1]
+    hpsv3        hpsv3.HPSv3RewardInferencer(config_path, checkpoint_path, device).reward(prompts=, image_paths=)
+                 → first column (μ of the predicted score distribution)
+    imagereward  ImageReward.load(checkpoint, device, med_config, download_root).score(prompt, image)
+    geneval      GenEval's evaluation/evaluate_images.py from a checkout (`repo`), detector weights in
+                 `model_path`; thresholds: detection 0.3, counting 0.9, max_overlap 1.0, position 0.1;
+                 1.0 if the image is correct for its metadata row (tag/include/exclude), else 0.0
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import binascii
+import importlib.util
 import io
 import json
 import os
-import queue
-import subprocess
 import sys
 import tempfile
-import threading
-from pathlib import Path
+import traceback
 
 PROTOCOL = 1
-
-
-# -- client --------------------------------------------------------------------------------------
-
-def _reward_base():
-    from drpo.rewards import Reward
-
-    return Reward
-
-
-class WorkerReward(_reward_base()):
-    """A reward computed by `python -m drpo.rewards.worker` in another (or this) environment."""
-
-    name = "worker"
-
-    def __init__(self, scorer: str, python: str | None = None, timeout: float = 600.0, start_timeout: float = 600.0, batch_size: int = 8, device="cpu", **options):
-        super().__init__(batch_size, device)
-        self.scorer, self.timeout = scorer, float(timeout)
-        self.python = python or sys.executable
-        if not Path(self.python).exists():
-            raise FileNotFoundError(
-                f"reward {scorer}: python {self.python} does not exist; create the scorer's environment "
-                f"(conda env create -f envs/{ENV_FILES.get(scorer, 'core.yaml')}) and point options.python at its python"
-            )
-        self.options = {"device": str(device), **options}
-        self._stderr = tempfile.TemporaryFile(mode="w+")
-        argv = [self.python, "-m", "drpo.rewards.worker", "--scorer", scorer, "--options", json.dumps(self.options)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
-        self._lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self._next_id = 0
-        hello = self._receive(start_timeout, "start")
-        if not hello.get("ready") or hello.get("protocol") != PROTOCOL:
-            raise self._error(f"bad handshake {hello}")
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _stderr_tail(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read()[-800:].strip() or "(no stderr)"
-
-    def _error(self, message: str):
-        from drpo.rewards import RewardError
-
-        return RewardError(f"reward {self.scorer} (worker {self.python}): {message}; worker stderr: {self._stderr_tail()}")
-
-    def _receive(self, timeout: float, what: str) -> dict:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            self.close()
-            raise self._error(f"no answer to {what} within {timeout:g} s") from None
-        if line is None:
-            raise self._error(f"the worker exited (code {self.proc.poll()}) during {what}")
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            raise self._error(f"not a protocol line: {line[:200]!r}") from None
-
-    def score(self, images, prompts, metadata):
-        from drpo.rewards import check_scores
-        from drpo.rewards.blackbox import png_base64
-
-        self._next_id += 1
-        request = {"id": self._next_id, "images": [png_base64(i) for i in images], "prompts": list(prompts), "metadata": list(metadata)}
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise self._error("the worker is not running") from None
-        answer = self._receive(self.timeout, f"request {self._next_id}")
-        if answer.get("id") != self._next_id:
-            raise self._error(f"answer id {answer.get('id')} for request {self._next_id}")
-        if "error" in answer:
-            raise self._error(answer["error"])
-        return check_scores(answer.get("scores"), len(prompts), self.scorer, " (worker)")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
+# scorer -> conda environment file that provides its package
 ENV_FILES = {"hpsv2": "imagereward.yaml", "imagereward": "imagereward.yaml", "hpsv3": "hpsv3.yaml", "geneval": "geneval.yaml"}
 
 
-# -- worker side -----------------------------------------------------------------------------------
+class ScorerUnavailable(RuntimeError):
+    """The scorer cannot start here: its package or weights are missing. The message says how to fix it."""
 
-def _missing(package: str, scorer: str) -> ImportError:
-    return ImportError(
-        f"the {scorer} scorer needs the '{package}' package, which lives in its own environment: "
-        f"conda env create -f envs/{ENV_FILES.get(scorer, 'core.yaml')} and run the worker with that python"
+
+def missing_package(package: str, scorer: str, err: BaseException) -> ScorerUnavailable:
+    env = ENV_FILES.get(scorer, "core.yaml")
+    return ScorerUnavailable(
+        f"the {scorer} scorer needs the '{package}' package, which this python ({sys.executable}) cannot import "
+        f"({type(err).__name__}: {err}); install it in its own env: conda env create -f envs/{env}, "
+        f"then set the reward's options.python to that environment's bin/python"
     )
 
 
-def _pil(images_b64: list[str]):
-    from PIL import Image
-
-    return [Image.open(io.BytesIO(base64.b64decode(s))).convert("RGB") for s in images_b64]
-
-
-def scorer_brightness(options: dict):
-    import numpy as np
-
-    return lambda images, prompts, metadata: [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
-
-
-def scorer_hpsv2(options: dict):
+def package_version(dist: str) -> str | None:
     try:
-        import hpsv2
-    except ImportError:
-        raise _missing("hpsv2", "hpsv2") from None
-    version = options.get("version", "v2.1")
-    return lambda images, prompts, metadata: [float(hpsv2.score(im, p, hps_version=version)[0]) for im, p in zip(images, prompts)]
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
 
 
-def scorer_imagereward(options: dict):
-    try:
-        import ImageReward as RM
-    except ImportError:
-        raise _missing("image-reward", "imagereward") from None
-    model = RM.load(options.get("checkpoint", "ImageReward-v1.0"), device=options.get("device", "cpu"))
-    return lambda images, prompts, metadata: [float(model.score(p, [im])) for im, p in zip(images, prompts)]
+def _check_options(scorer: str, options: dict, accepted: set) -> None:
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ScorerUnavailable(f"scorer {scorer}: unknown options {unknown}; accepted: {sorted(accepted)}")
 
 
-def scorer_hpsv3(options: dict):
-    try:
-        from hpsv3 import HPSv3RewardInferencer
-    except ImportError:
-        raise _missing("hpsv3", "hpsv3") from None
-    inferencer = HPSv3RewardInferencer(device=options.get("device", "cuda"))
+# -- one request's images --------------------------------------------------------------------------
 
-    def score(images, prompts, metadata):
-        with tempfile.TemporaryDirectory() as tmp:  # the selector takes image paths
-            paths = []
-            for i, im in enumerate(images):
-                paths.append(os.path.join(tmp, f"{i}.png"))
-                im.save(paths[-1])
-            rewards = inferencer.reward(paths, prompts)
-        return [float(r[0]) for r in rewards]  # μ of the predicted score distribution
+class Batch:
+    """The images of one request, as PIL images and (written on demand) PNG file paths."""
 
-    return score
+    def __init__(self, items: list, prompts: list, metadata: list):
+        if not isinstance(items, list) or not isinstance(prompts, list):
+            raise ValueError("images and prompts must be lists")
+        if len(items) != len(prompts) or len(metadata) != len(prompts):
+            raise ValueError(f"{len(items)} images, {len(prompts)} prompts and {len(metadata)} metadata rows")
+        self.items, self.prompts, self.metadata = items, [str(p) for p in prompts], metadata
+        self._images = None
+        self._tmp = None
 
+    @staticmethod
+    def _is_path(item: str) -> bool:
+        return len(item) < 4096 and os.path.isfile(item)
 
-def scorer_geneval(options: dict):
-    """GenEval's detector evaluator: `options.geneval_repo` is a checkout of the GenEval repository
-    with its detector weights downloaded (their download script); its evaluation module is used as is."""
-    repo = options.get("geneval_repo")
-    if not repo or not Path(repo).exists():
-        raise FileNotFoundError("the geneval scorer needs options.geneval_repo: a GenEval checkout with its detector weights")
-    sys.path.insert(0, str(Path(repo) / "evaluation"))
-    try:
-        import evaluate_images as geneval  # noqa: F401  (GenEval's own module)
-    except ImportError as err:
-        raise _missing(f"mmdet ({err})", "geneval") from None
+    @property
+    def images(self) -> list:
+        if self._images is None:
+            from PIL import Image
 
-    def score(images, prompts, metadata):
+            out = []
+            for i, item in enumerate(self.items):
+                if not isinstance(item, str):
+                    raise ValueError(f"image {i}: expected a path or base64 string, got {type(item).__name__}")
+                if self._is_path(item):
+                    src = item
+                else:
+                    data = item.split(",", 1)[1] if item.startswith("data:") else item
+                    try:
+                        src = io.BytesIO(base64.b64decode(data, validate=True))
+                    except (binascii.Error, ValueError):
+                        raise ValueError(f"image {i}: neither an existing file nor base64 ({item[:60]!r})") from None
+                with Image.open(src) as im:
+                    out.append(im.convert("RGB"))
+            self._images = out
+        return self._images
+
+    def paths(self) -> list:
+        """PNG paths for scorers that read files: given paths as they are, others written to a temp dir."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="drpo-worker-")
         out = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, (im, meta) in enumerate(zip(images, metadata)):
-                path = os.path.join(tmp, f"{i}.png")
-                im.save(path)
-                out.append(1.0 if geneval.evaluate_image(path, meta)["correct"] else 0.0)
+        for i, item in enumerate(self.items):
+            if isinstance(item, str) and self._is_path(item):
+                out.append(item)
+            else:
+                path = os.path.join(self._tmp.name, "%05d.png" % i)
+                self.images[i].save(path)
+                out.append(path)
         return out
 
-    return score
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
-SCORERS = {"brightness": scorer_brightness, "hpsv2": scorer_hpsv2, "hpsv3": scorer_hpsv3, "imagereward": scorer_imagereward, "geneval": scorer_geneval}
+def by_prompt(prompts: list) -> dict:
+    """prompt -> indices, so scorers that take one prompt and many images call once per prompt."""
+    groups: dict = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    return groups
 
 
-def serve(scorer: str, options: dict, stdin=None, stdout=None) -> int:
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if scorer not in SCORERS:
-        print(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}", file=sys.stderr)
-        return 2
-    fn = SCORERS[scorer](options)
-    stdout.write(json.dumps({"protocol": PROTOCOL, "scorer": scorer, "ready": True}) + "\n")
-    stdout.flush()
+def floats(values) -> list:
+    """A flat list of floats from a number, list, numpy array or tensor."""
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if isinstance(values, (list, tuple)):
+        out = []
+        for v in values:
+            out.extend(floats(v))
+        return out
+    return [float(values)]
+
+
+# -- scorer adapters: make_<name>(options) -> (score(batch) -> list[float], version) -----------------
+
+def make_brightness(options: dict):
+    _check_options("brightness", options, {"device"})
+
+    def score(batch: Batch) -> list:
+        import numpy as np
+
+        return [float(np.asarray(im, dtype=np.float64).mean() / 255.0) for im in batch.images]
+
+    return score, "1"
+
+
+def make_hpsv2(options: dict):
+    _check_options("hpsv2", options, {"device", "version", "checkpoint"})
+    try:
+        import hpsv2
+    except Exception as err:
+        raise missing_package("hpsv2", "hpsv2", err) from None
+    hps_version = options.get("version", "v2.1")
+    checkpoint = options.get("checkpoint")
+
+    def score(batch: Batch) -> list:
+        out = [0.0] * len(batch.prompts)
+        for prompt, idx in by_prompt(batch.prompts).items():
+            values = floats(hpsv2.score([batch.images[i] for i in idx], prompt, cp=checkpoint, hps_version=hps_version))
+            if len(values) != len(idx):
+                raise RuntimeError(f"hpsv2.score returned {len(values)} scores for {len(idx)} images")
+            for i, v in zip(idx, values):
+                out[i] = v
+        return out
+
+    return score, package_version("hpsv2")
+
+
+def make_hpsv3(options: dict):
+    _check_options("hpsv3", options, {"device", "config_path", "checkpoint_path"})
+    try:
+        from hpsv3 import HPSv3RewardInferencer
+    except Exception as err:
+        raise missing_package("hpsv3", "hpsv3", err) from None
+    import torch
+
+    inferencer = HPSv3RewardInferencer(
+        config_path=options.get("config_path"), checkpoint_path=options.get("checkpoint_path"),
+        device=options.get("device", "cuda"),
+    )
+
+    def score(batch: Batch) -> list:
+        with torch.no_grad():
+            rewards = inferencer.reward(prompts=batch.prompts, image_paths=batch.paths())
+        return [floats(r)[0] for r in rewards]  # column 0: μ of the predicted score distribution
+
+    return score, package_version("hpsv3")
+
+
+def make_imagereward(options: dict):
+    _check_options("imagereward", options, {"device", "checkpoint", "med_config", "download_root"})
+    try:
+        import ImageReward as RM
+    except Exception as err:
+        raise missing_package("image-reward", "imagereward", err) from None
+    import torch
+
+    kwargs = {k: options[k] for k in ("med_config", "download_root") if options.get(k)}
+    model = RM.load(options.get("checkpoint", "ImageReward-v1.0"), device=options.get("device", "cpu"), **kwargs)
+
+    def score(batch: Batch) -> list:
+        with torch.no_grad():
+            return [floats(model.score(p, im))[0] for p, im in zip(batch.prompts, batch.images)]
+
+    return score, package_version("image-reward")
+
+
+GENEVAL_DEFAULTS = {
+    "threshold": 0.3, "counting_threshold": 0.9, "max_objects": 16, "max_overlap": 1.0,
+    "position_threshold": 0.1, "clip_model": "ViT-L-14", "bgcolor": "#999", "crop": "1",
+    "model": "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco",
+}
+
+
+def geneval_row(meta, prompt: str) -> dict:
+    """The GenEval metadata row (tag/include/exclude) from `meta`, unwrapping a manifest row."""
+    if isinstance(meta, dict) and "include" not in meta and isinstance(meta.get("metadata"), dict):
+        meta = meta["metadata"]
+    if not isinstance(meta, dict) or "tag" not in meta or "include" not in meta:
+        raise ValueError(f"prompt {prompt!r}: metadata {meta!r} is not a GenEval row (needs tag, include, exclude)")
+    row = dict(meta)
+    row.setdefault("prompt", prompt)
+    row.setdefault("exclude", [])
+    return row
+
+
+def make_geneval(options: dict):
+    _check_options("geneval", options, {"device", "repo", "model_path", "model_config", *GENEVAL_DEFAULTS})
+    repo = options.get("repo") or os.environ.get("GENEVAL_REPO") or "models/geneval"
+    script = os.path.join(repo, "evaluation", "evaluate_images.py")
+    if not os.path.isfile(script):
+        raise ScorerUnavailable(
+            f"the geneval scorer needs a GenEval checkout: {script} does not exist; clone the GenEval repository "
+            f"on a machine with internet, download its detector weights (evaluation/download_models.sh), and set "
+            f"options.repo (or GENEVAL_REPO) and options.model_path"
+        )
+    model_path = options.get("model_path") or os.path.join(repo, "models")
+    settings = {k: options.get(k, v) for k, v in GENEVAL_DEFAULTS.items()}
+    weights = os.path.join(model_path, settings["model"] + ".pth")
+    if not os.path.isfile(weights):
+        raise ScorerUnavailable(f"the geneval scorer: detector weights {weights} do not exist; set options.model_path")
+    try:
+        import mmdet
+
+        spec = importlib.util.spec_from_file_location("geneval_evaluate_images", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # GenEval's evaluator (it asserts a CUDA device at import)
+    except (ImportError, AssertionError) as err:
+        raise missing_package("mmdet/open_clip/clip_benchmark (and a CUDA device)", "geneval", err) from None
+    config = options.get("model_config") or os.path.join(
+        os.path.dirname(mmdet.__file__), "../configs/mask2former/%s.py" % settings["model"]
+    )
+    # The evaluator reads its settings from module globals that its own main() would set.
+    args = argparse.Namespace(
+        model_config=config, model_path=model_path,
+        options={k: str(settings[k]) for k in ("model", "clip_model", "bgcolor", "crop")},
+    )
+    module.args = args
+    detector, (clip_model, transform, tokenizer), classnames = module.load_models(args)
+    module.object_detector, module.classnames = detector, classnames
+    module.clip_model, module.transform, module.tokenizer = clip_model, transform, tokenizer
+    module.THRESHOLD = float(settings["threshold"])
+    module.COUNTING_THRESHOLD = float(settings["counting_threshold"])
+    module.MAX_OBJECTS = int(settings["max_objects"])
+    module.NMS_THRESHOLD = float(settings["max_overlap"])
+    module.POSITION_THRESHOLD = float(settings["position_threshold"])
+
+    def score(batch: Batch) -> list:
+        rows = [geneval_row(m, p) for m, p in zip(batch.metadata, batch.prompts)]
+        return [1.0 if module.evaluate_image(path, row)["correct"] else 0.0 for path, row in zip(batch.paths(), rows)]
+
+    return score, package_version("mmdet")
+
+
+SCORERS = {
+    "brightness": make_brightness, "hpsv2": make_hpsv2, "hpsv3": make_hpsv3,
+    "imagereward": make_imagereward, "geneval": make_geneval,
+}
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+def _protocol_stream():
+    """A private copy of stdout for the protocol; fd 1 (and sys.stdout) now go to stderr."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def _answer(out, obj: dict) -> None:
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
+
+
+def handle(score, line: str) -> dict:
+    """One request line → one answer dict (never raises)."""
+    request_id = None
+    batch = None
+    try:
+        request = json.loads(line)
+        if not isinstance(request, dict):
+            raise ValueError("a request must be a JSON object")
+        request_id = request.get("id")
+        prompts = request.get("prompts")
+        metadata = request.get("metadata") or [{} for _ in (prompts or [])]
+        batch = Batch(request.get("images"), prompts, metadata)
+        scores = floats(score(batch)) if batch.prompts else []
+        if len(scores) != len(batch.prompts):
+            raise RuntimeError(f"the scorer returned {len(scores)} scores for {len(batch.prompts)} images")
+        return {"id": request_id, "scores": scores}
+    except Exception as err:  # report and keep serving
+        traceback.print_exc(file=sys.stderr)
+        return {"id": request_id, "error": f"{type(err).__name__}: {err}"}
+    finally:
+        if batch is not None:
+            batch.close()
+
+
+def serve(scorer: str, options: dict, stdin=None, out=None) -> int:
+    stdin = stdin if stdin is not None else sys.stdin
+    out = out if out is not None else _protocol_stream()
+    try:
+        if scorer not in SCORERS:
+            raise ScorerUnavailable(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}")
+        score, version = SCORERS[scorer](dict(options))
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)
+        message = str(err) if isinstance(err, ScorerUnavailable) else f"{type(err).__name__}: {err}"
+        _answer(out, {"protocol": PROTOCOL, "name": scorer, "ready": False, "error": message})
+        return 3
+    _answer(out, {"protocol": PROTOCOL, "name": scorer, "version": version, "ready": True, "pid": os.getpid()})
     for line in stdin:
-        if not line.strip():
-            continue
-        request_id = None
-        try:
-            request = json.loads(line)
-            request_id = request.get("id")
-            scores = fn(_pil(request["images"]), request["prompts"], request.get("metadata") or [{}] * len(request["prompts"]))
-            answer = {"id": request_id, "scores": [float(s) for s in scores]}
-        except Exception as err:  # report, keep serving
-            answer = {"id": request_id, "error": f"{type(err).__name__}: {err}"}
-        stdout.write(json.dumps(answer) + "\n")
-        stdout.flush()
+        if line.strip():
+            _answer(out, handle(score, line))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drpo.rewards.worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scorer", required=True, choices=sorted(SCORERS))
-    parser.add_argument("--options", default="{}", help="JSON options for the scorer (device, checkpoint, ...)")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="drpo-reward-worker", description="Serve one reward scorer over JSON lines (see the module docstring).")
+    parser.add_argument("--scorer", required=True, help="one of: " + ", ".join(sorted(SCORERS)))
+    parser.add_argument("--options", default="{}", help="JSON object of scorer options (device, checkpoint, ...)")
     args = parser.parse_args(argv)
-    return serve(args.scorer, json.loads(args.options))
+    try:
+        options = json.loads(args.options)
+        if not isinstance(options, dict):
+            raise ValueError("not an object")
+    except ValueError as err:
+        parser.error(f"--options must be a JSON object ({err})")
+    return serve(args.scorer, options)
 
 
 if __name__ == "__main__":
+    # Run by file path, this folder is sys.path[0]; drop it so our module names shadow nothing.
+    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)
     raise SystemExit(main())

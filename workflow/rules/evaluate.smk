@@ -47,15 +47,16 @@ rule score:
         scores=f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.parquet",
         summary=f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.json",
     params:
-        spec=lambda w: wf.to_json(config["evaluation"]["metrics"][w.metric]),
+        reward=lambda w: config["evaluation"]["metrics"][w.metric]["name"],
+        options=lambda w: wf.to_json(config["evaluation"]["metrics"][w.metric].get("options", {})),
     threads: THREADS
     resources:
         gpus=0,
     log:
         f"{R}/logs/score/{{test_set}}/{{model}}/{{metric}}.log",
     shell:
-        job("score", test_set="{wildcards.test_set}", model="{wildcards.model}", metric="{wildcards.metric}") + "drpo score --manifest {input.manifest} --reward-spec {params.spec:q} --metric {wildcards.metric} "
-        "--out {output.scores} --summary {output.summary} > {log} 2>&1"
+        job("score", test_set="{wildcards.test_set}", model="{wildcards.model}", metric="{wildcards.metric}") + "drpo score --manifest {input.manifest} --reward {params.reward} --options {params.options:q} "
+        "--metric {wildcards.metric} --out {output.scores} --summary {output.summary} --no-progress > {log} 2>&1"
 
 
 rule judge:

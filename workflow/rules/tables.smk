@@ -12,28 +12,30 @@ rule collect:
     output:
         f"{R}/results.csv",
     params:
-        spec=wf.to_json({"models": MODELS, "results": R, "test_sets": TEST_SETS, "metrics": METRICS,
-                         "judged": JUDGED, "runs": list(RUNS)}),
+        spec=wf.to_json(wf.collect_spec(config, JUDGED)),
     shell:
-        "drpo tables collect --spec {params.spec:q} --out {output}"
+        "drpo collect --spec {params.spec:q} --out {output}"
 
 
 rule tables:
     input:
-        f"{R}/results.csv",
+        results=f"{R}/results.csv",
+        metrics=[f"{R}/runs/{rid}/metrics.jsonl" for rid in RUNS],
     output:
-        report(directory(f"{R}/tables"), caption="../report/tables.rst", category="Tables"),
-        report(directory(f"{R}/figures"), caption="../report/figures.rst", category="Figures"),
+        index=report(f"{R}/tables/index.md", caption="../report/tables.rst", category="Tables"),
     params:
-        spec=wf.to_json(config.get("tables", {})),
+        out=f"{R}/tables",
+        curves=" ".join(f"{MODELS[rid]['label'].replace(' ', '_')}={R}/runs/{rid}/metrics.jsonl" for rid in RUNS),
     shell:
-        "drpo tables build --results {input} --tables-spec {params.spec:q} --out {output[0]} --figures {output[1]}"
+        "drpo tables --results {input.results} --out {params.out} --curves {params.curves}"
 
 
 rule report_html:
     input:
-        rules.tables.output,
+        rules.tables.output.index,
     output:
         f"{R}/report.html",
+    params:
+        tables=f"{R}/tables",
     shell:
-        "drpo tables report --tables {input[0]} --figures {input[1]} --out {output}"
+        "drpo report --tables {params.tables} --samples {R}/samples --out {output}"

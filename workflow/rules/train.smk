@@ -28,7 +28,8 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        f"{R}/runs/{{run}}/final/training_state.json",
+        final=f"{R}/runs/{{run}}/final/training_state.json",
+        metrics=f"{R}/runs/{{run}}/metrics.jsonl",  # every logged step, also when MLflow is unreachable
     params:
         launch=lambda w: wf.launch_command(config),
     threads: THREADS
