@@ -36,6 +36,12 @@ def test_tokenizer_keeps_each_world_word_whole(folders):
     assert tokens[0] == "<|startoftext|>" and tokens[-1] == "<|endoftext|>"
     assert "photo</w>" in tokens and "red</w>" in tokens and "circle</w>" in tokens
     assert "".join(t.replace("</w>", " ") for t in tokens[1:-1]).split() == "a photo of a red circle".split()
+    # words sharing pieces ("an" inside "orange", "and") still come out whole: BPE applies merges
+    # by rank across words, so the builder adds merges until every word is one token
+    words = ["a", "an", "and", "orange", "banana", "ran", "range", "arrange", "photo", "of"]
+    tok2 = build_clip_tokenizer(words)
+    assert all(tok2.tokenize(w) == [w + "</w>"] for w in words)
+    assert len(tok2("a photo of an orange and a banana").input_ids) == 2 + 8
     # words outside the list fall back to letters; decoding gives the text back
     ids = tok("a zebra in 3 boxes").input_ids
     assert len(ids) > 2 + 5 and tok.decode(ids, skip_special_tokens=True) == "a zebra in 3 boxes"

@@ -127,9 +127,9 @@ class LatentStats(FeatureMap):
 
     def __init__(self, keys: Sequence[str] = LATENT_KEYS, spatial_stride: int | None = None):
         super().__init__(keys)
-        bad = [k for k in self.keys if k not in ("latent", "latent_norm") and not ((m := _STAT.match(k)) and m["map"] == "latent")]
+        bad = [k for k in self.keys if k not in ("latent", "latent_norm", "latent_flat") and not ((m := _STAT.match(k)) and m["map"] == "latent")]
         if bad:
-            raise ValueError(f"latent features: unknown keys {bad}; use latent, latent_norm, latent_{{mean,std}}[_{{p}}]")
+            raise ValueError(f"latent features: unknown keys {bad}; use latent, latent_flat, latent_norm, latent_{{mean,std}}[_{{p}}]")
         self.pools = _stat_pools(self.keys)
         if spatial_stride is None:
             spatial_stride = int(os.environ.get("DRPO_LATENT_SPATIAL_STRIDE", "1"))
@@ -143,6 +143,8 @@ class LatentStats(FeatureMap):
             feats["latent"] = spatial_tokens(x, self.spatial_stride)
         if "latent_norm" in self.keys:
             feats["latent_norm"] = x.float().square().mean(dim=(2, 3)).sqrt().unsqueeze(1)
+        if "latent_flat" in self.keys:  # the whole latent as one vector per image: placement matters
+            feats["latent_flat"] = x.float().flatten(1).unsqueeze(1)
         return self.select(feats)
 
 

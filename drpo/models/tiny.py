@@ -17,10 +17,25 @@ DEFAULT_WORDS = (
 ).split()
 
 
-def build_clip_tokenizer(words: Sequence[str] | None = None, max_length: int = 16):
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one word: characters (the last with </w>), then merge the best-ranked pair."""
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def build_clip_tokenizer(words: Sequence[str] | None = None, max_length: int = 20):
     """A CLIP BPE tokenizer in which every given word is one token (unknown words fall back to letters).
 
-    Built from vocab/merges objects: transformers 5 ignores `vocab_file=` for CLIPTokenizer.
+    Merges are added until BPE turns each word into a single token: a word whose pieces were merged
+    differently by another word's merges (an "an" inside "orange") gets extra, lowest-priority
+    merges that join its pieces. Built from vocab/merges objects: transformers 5 ignores
+    `vocab_file=` for CLIPTokenizer.
     """
     from transformers import CLIPTokenizer
 
@@ -29,17 +44,20 @@ def build_clip_tokenizer(words: Sequence[str] | None = None, max_length: int = 1
         vocab.setdefault(c, len(vocab))
         vocab.setdefault(c + "</w>", len(vocab))
     merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for word in dict.fromkeys(w.lower() for w in (words or DEFAULT_WORDS)):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        current = parts[0]
-        for part in parts[1:]:
-            pair = (current, part)
-            if pair not in seen:
-                seen.add(pair)
+    ranks: dict[tuple[str, str], int] = {}
+    unique = list(dict.fromkeys(w.lower() for w in (words or DEFAULT_WORDS)))
+    changed = True
+    while changed:  # every added merge has the lowest priority, so finished words stay finished
+        changed = False
+        for word in unique:
+            parts = _bpe(word, ranks)
+            while len(parts) > 1:
+                pair = (parts[0], parts[1])
+                ranks[pair] = len(merges)
                 merges.append(pair)
-            current += part
-            vocab.setdefault(current, len(vocab))
+                vocab.setdefault(pair[0] + pair[1], len(vocab))
+                parts = _bpe(word, ranks)
+                changed = True
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
@@ -75,7 +93,7 @@ def build_tiny_sd_turbo(
     latent_channels: int = 4,
     cross_attention_dim: int = 32,
     prediction_type: str = "epsilon",
-    max_length: int = 16,
+    max_length: int = 20,
 ) -> Path:
     """A StableDiffusionPipeline folder with SD-Turbo's classes and scheduler, tiny and random."""
     import torch
@@ -113,7 +131,7 @@ def build_tiny_sdxl_turbo(
     resolution: int = 32,
     words: Sequence[str] | None = None,
     seed: int = 0,
-    max_length: int = 16,
+    max_length: int = 20,
 ) -> Path:
     """A StableDiffusionXLPipeline folder with SDXL-Turbo's classes and scheduler, tiny and random."""
     import torch
@@ -158,7 +176,7 @@ def build_tiny_clip(
     projection: int = 32,
     layers: int = 2,
     seed: int = 0,
-    max_length: int = 16,
+    max_length: int = 20,
 ):
     """A CLIPModel + CLIPProcessor pair (the class of PickScore and CLIP-L), tiny and random.
 

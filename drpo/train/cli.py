@@ -27,7 +27,19 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def config_keys_help() -> str:
+    """Every TrainConfig key with its default (the epilog of `drpo train --help`)."""
+    from drpo.config import flatten, to_dict
+    from drpo.train.config import TrainConfig
+
+    lines = ["config keys (YAML, or --set KEY.PATH=VALUE) and their defaults (the paper's SD-Turbo recipe):"]
+    lines += [f"  {k} = {v}" for k, v in flatten(to_dict(TrainConfig())).items()]
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = config_keys_help()
     parser.add_argument("--config", required=True, help="training YAML (see config/train/*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value, e.g. --set steps=10 --set drpo.candidates=16")

@@ -1,9 +1,12 @@
-"""`drpo world`: the shapes world's tools (prompts, pictures; later its base model and reward model).
+"""`drpo world`: the shapes world's tools: prompts, pictures, its base model, reward model and pairs.
 
     drpo world prompts --n 200 --seed 0 --out prompts.jsonl          # GenEval-format rows, may repeat
     drpo world prompts --split test --n-train 400 --n-test 120 --seed 0 --out test.jsonl
     drpo world prompts --split both --n-train 400 --n-test 120 --out world.jsonl   # world_{train,test}.jsonl
     drpo world render --prompts test.jsonl --out grid.png
+    drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~4 min on 2 cores
+    drpo world train-reward --prompts world_train.jsonl --out results/world/reward_model
+    drpo world pairs --prompts world_train.jsonl --out results/world/pairs/pairs.jsonl
 """
 
 from __future__ import annotations
@@ -87,10 +90,79 @@ def _run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-# subcommand -> (add_arguments, run, help); later phases add train-base, train-reward, pairs here.
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _add_train_base(p: argparse.ArgumentParser) -> None:
+    from drpo.world.base import BaseRecipe
+
+    d = BaseRecipe()
+    p.add_argument("--prompts", required=True, help="training prompts (JSONL from `drpo world prompts`)")
+    p.add_argument("--out", required=True, help="pipeline folder to write (a standard diffusers folder)")
+    p.add_argument("--resolution", type=int, default=d.resolution)
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps)
+    p.add_argument("--regression-steps", type=int, default=d.regression_steps)
+    p.add_argument("--drift-steps", type=int, default=d.drift_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _run_train_base(args: argparse.Namespace) -> int:
+    from drpo.world.base import BaseRecipe, train_base
+
+    _threads(args)
+    recipe = BaseRecipe(resolution=args.resolution, vae_steps=args.vae_steps, regression_steps=args.regression_steps,
+                        drift_steps=args.drift_steps, seed=args.seed)
+    out = train_base(args.prompts, args.out, recipe, log=lambda m: print(m, flush=True))
+    print(f"wrote {out} (samples: {out / 'samples.png'})")
+    return 0
+
+
+def _add_train_reward(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", required=True, help="training prompts (JSONL from `drpo world prompts`)")
+    p.add_argument("--out", required=True, help="folder for the CLIP model + processor (the world's PickScore)")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _run_train_reward(args: argparse.Namespace) -> int:
+    from drpo.world.reward_model import train_reward_model
+
+    _threads(args)
+    out = train_reward_model(args.prompts, args.out, steps=args.steps, resolution=args.resolution, seed=args.seed, log=lambda m: print(m, flush=True))
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_pairs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", required=True, help="training prompts (JSONL from `drpo world prompts`)")
+    p.add_argument("--out", required=True, help="pairs.jsonl to write (images go beside it)")
+    p.add_argument("--n", type=int, default=200, help="number of pairs")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    from drpo.world.pairs import build_world_pairs
+
+    out = build_world_pairs(args.prompts, args.out, n=args.n, resolution=args.resolution, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+# subcommand -> (add_arguments, run, help)
 SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "prompts": (_add_prompts, _run_prompts, "GenEval-format prompts from the world's grammar (or a disjoint train/test split)"),
     "render": (_add_render, _run_render, "render prompt rows into a captioned grid PNG"),
+    "train-base": (_add_train_base, _run_train_base, "pre-train the world's base one-step generator (VAE, then UNet by drifting)"),
+    "train-reward": (_add_train_reward, _run_train_reward, "train the world's PickScore: a tiny CLIP on rendered pairs"),
+    "pairs": (_add_pairs, _run_pairs, "preference pairs (rendered correct vs. incorrect) for the offline variant"),
 }
 
 
