@@ -128,7 +128,7 @@ def test_tiny_clip_tokenizer_reloads_with_its_vocabulary(pick):
     unk = tok.convert_tokens_to_ids(tok.unk_token) if tok.unk_token else None
     assert len(ids) == 2 + 6 and len(set(ids[1:-1])) == 5 and unk not in ids[1:-1]  # a photo of a red circle
     assert tok(PROMPTS[1])["input_ids"] != ids
-    assert pick.backbone.size == 32 and pick.backbone.max_length == 16
+    assert pick.backbone.size == 32 and pick.backbone.max_length == 20
 
 
 def test_pickscore_cosine_logit_batching_and_prompt_sensitivity(clip_dir, pick):
