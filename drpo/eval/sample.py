@@ -73,15 +73,18 @@ def _rows_for(prompts: list[dict], seeds: list[int], settings: SamplerSettings) 
     return rows
 
 
-def _reset_if_settings_changed(out: Path, settings: SamplerSettings) -> None:
+def _reset_if_settings_changed(out: Path, settings: SamplerSettings) -> int | None:
+    """Wipe the folder when the settings differ from the recorded ones; the recorded resolution."""
     stamp = out / "sampler.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != asdict(settings):
+    recorded = json.loads(stamp.read_text()) if stamp.exists() else None
+    if recorded is not None and recorded.get("settings") != asdict(settings):
         print(f"sampler settings changed since {out} was sampled: resampling everything")
         for d in out.glob("seed_*"):
             shutil.rmtree(d, ignore_errors=True)
         for m in out.glob("manifest*.jsonl"):
             m.unlink()
-    write_json(stamp, asdict(settings))
+        recorded = None
+    return (recorded or {}).get("resolution")
 
 
 class _OneStep:
@@ -95,7 +98,7 @@ class _OneStep:
         )
         if settings.lora:
             self.gen.load_lora(settings.lora)
-        settings.resolution = self.gen.resolution
+        self.resolution = self.gen.resolution
 
     def __call__(self, prompts: list[str], seeds: list[int]):
         import torch
@@ -124,6 +127,7 @@ class _MultiStep:
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.settings = device, settings
+        self.resolution = settings.resolution or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
     def __call__(self, prompts: list[str], seeds: list[int]):
         import torch
@@ -158,12 +162,14 @@ def sample(
     if settings.model_type == "one_step" and (settings.num_inference_steps != 1 or settings.guidance_scale != 0):
         raise ValueError("one-step generators sample with num_inference_steps 1 and guidance 0 (METHOD.md §5.1)")
     prompts = load_prompt_rows(prompts_path)
-    _reset_if_settings_changed(out, settings)
+    resolution = _reset_if_settings_changed(out, settings) or settings.resolution
     index, count = shard
     rows = [r for i, r in enumerate(_rows_for(prompts, seeds, settings)) if i % count == index]
     todo = [r for r in rows if not (out / r["image_path"]).exists()]
     if todo:
         model = (_OneStep if settings.model_type == "one_step" else _MultiStep)(settings, device)
+        resolution = model.resolution
+        write_json(out / "sampler.json", {"settings": asdict(settings), "resolution": resolution})
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {out.name}", disable=not progress, unit="img")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
@@ -173,7 +179,7 @@ def sample(
             bar.update(len(chunk))
         bar.close()
     for r in rows:
-        r["resolution"] = settings.resolution
+        r["resolution"] = resolution
     name = "manifest.jsonl" if count == 1 else f"manifest.shard-{index}-of-{count}.jsonl"
     return write_jsonl(out / name, rows)
 

@@ -88,6 +88,8 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     # 1. the VAE
     vae = gen.vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr)
+    # cosine decay: a constant high rate leaves the last weights wherever the last batch threw them
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.vae_steps, eta_min=recipe.vae_lr * 0.05)
     for step in range(1, recipe.vae_steps + 1):
         batch = _images([rows[i] for i in rng.integers(0, len(rows), recipe.vae_batch)], rng, recipe.resolution)
         post = vae.encode(batch).latent_dist
@@ -95,6 +97,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if step % 100 == 0:
             log(f"vae step {step}: reconstruction mse {loss.item():.4f} ({time.time() - start:.0f} s)")
     vae.eval().requires_grad_(False)
@@ -114,6 +117,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     tokens = gen.tokenizer([r["prompt"] for r in rows], padding="max_length", max_length=gen.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     b, k, p = recipe.prompts_per_step, recipe.candidates, recipe.renders_per_prompt
     total = recipe.regression_steps + recipe.drift_steps
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1), eta_min=recipe.unet_lr * 0.1)
     for step in range(1, total + 1):
         idx = torch.from_numpy(rng.integers(0, len(rows), b))
         hidden = text(tokens[idx])[0]
@@ -137,6 +141,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         if step % 100 == 0:
             log(f"{stage} step {step}/{total}: loss {loss.item():.4f} ({time.time() - start:.0f} s)")
     unet.eval().requires_grad_(False)

@@ -11,6 +11,7 @@ rule world_base:
         f"{R}/world/base/model_index.json",
     params:
         out=f"{R}/world/base",
+        base=W.get("base", {}),
     threads: 2
     resources:
         gpus=0,
@@ -18,7 +19,8 @@ rule world_base:
         f"{R}/logs/world/base.log",
     shell:
         job("world_base") + "drpo world train-base --prompts {input} --out {params.out} "
-        "--resolution {W[resolution]} --seconds {W[base_seconds]} --seed {W[seed]} --threads {threads} > {log} 2>&1"
+        "--resolution {W[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
+        "--drift-steps {params.base[drift_steps]} --seed {W[seed]} --threads {threads} > {log} 2>&1"
 
 
 rule world_reward_model:

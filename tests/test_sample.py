@@ -1,0 +1,66 @@
+"""`drpo sample`: manifest rows, latent seeds, resume, sharding, and resampling on a settings change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from drpo.eval.sample import SamplerSettings, latent_seed, load_manifest, merge_shards, sample
+from drpo.io import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from drpo.models.tiny import build_tiny_sd_turbo
+
+    root = tmp_path_factory.mktemp("sample")
+    build_tiny_sd_turbo(root / "model")
+    (root / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p, "prompt_id": i, "tag": "t"}) + "\n" for i, p in enumerate(["a red circle", "a blue square", "two cats"]))
+    )
+    return root
+
+
+def test_manifest_rows_seeds_and_resume(setup, tmp_path):
+    settings = SamplerSettings(model=str(setup / "model"))
+    out = tmp_path / "s"
+    manifest = sample(setup / "prompts.jsonl", out, settings, [42, 43], batch_size=2, progress=False)
+    rows = read_jsonl(manifest)
+    assert len(rows) == 6 and {r["seed"] for r in rows} == {42, 43}
+    row = next(r for r in rows if r["seed"] == 43 and r["prompt_id"] == 2)
+    assert row["latent_seed"] == 43_000_002 == latent_seed(43, 2) and row["image_path"] == "seed_43/images/000002.png"
+    assert row["metadata"] == {"tag": "t"} and row["num_inference_steps"] == 1 and row["guidance_scale"] == 0.0
+    assert row["resolution"] == 32 and (out / row["image_path"]).exists()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed_*/images/*.png")}
+    sample(setup / "prompts.jsonl", out, settings, [42, 43], progress=False)  # resume: nothing redrawn
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seed_*/images/*.png")} == stamps
+    (out / rows[0]["image_path"]).unlink()  # a lost image is redrawn identically
+    sample(setup / "prompts.jsonl", out, settings, [42, 43], progress=False)
+    assert (out / rows[0]["image_path"]).exists()
+    absolute = load_manifest(manifest)
+    assert all(r["image_path"].startswith("/") for r in absolute)
+
+
+def test_shards_merge_to_the_unsharded_set_and_images_match(setup, tmp_path):
+    settings = SamplerSettings(model=str(setup / "model"))
+    whole = read_jsonl(sample(setup / "prompts.jsonl", tmp_path / "whole", settings, [42], progress=False))
+    for i in range(2):
+        sample(setup / "prompts.jsonl", tmp_path / "sharded", settings, [42], shard=(i, 2), progress=False)
+    merged = read_jsonl(merge_shards(tmp_path / "sharded"))
+    assert [r["image_path"] for r in merged] == [r["image_path"] for r in whole]
+    for r in whole:
+        assert (tmp_path / "whole" / r["image_path"]).read_bytes() == (tmp_path / "sharded" / r["image_path"]).read_bytes()
+
+
+def test_changed_settings_force_a_resample_and_one_step_rules(setup, tmp_path):
+    out = tmp_path / "s"
+    sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model")), [42], progress=False)
+    before = (out / "seed_42/images/000000.png").stat().st_mtime_ns
+    sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model"), resolution=16), [42], progress=False)
+    from PIL import Image
+
+    assert Image.open(out / "seed_42/images/000000.png").size == (16, 16)
+    assert (out / "seed_42/images/000000.png").stat().st_mtime_ns != before
+    with pytest.raises(ValueError, match="num_inference_steps 1 and guidance 0"):
+        sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model"), guidance_scale=7.5), [42], progress=False)
