@@ -62,6 +62,22 @@ def _images(rows: list[dict], rng: np.random.Generator, size: int) -> torch.Tens
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+class _TagBalanced:
+    """Draw prompt indices uniformly over GenEval tags, then within the tag: the grammar has 5
+    single-object prompts and hundreds of colour-attribute ones, and the easy tags must be learnt too."""
+
+    def __init__(self, rows: list[dict], rng: np.random.Generator):
+        self.rng = rng
+        by_tag: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_tag.setdefault(r.get("tag", ""), []).append(i)
+        self.groups = [np.asarray(v) for v in by_tag.values()]
+
+    def __call__(self, n: int) -> np.ndarray:
+        tags = self.rng.integers(0, len(self.groups), n)
+        return np.asarray([g[self.rng.integers(0, len(g))] for g in (self.groups[t] for t in tags)])
+
+
 def _window_means(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (n, h/2·w/2, C)
 
@@ -83,6 +99,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
         vae_channels=recipe.vae_channels, cross_attention_dim=recipe.text_width, prediction_type="v_prediction",
     )
     gen = OneStepGenerator.from_pretrained(work)
+    draw = _TagBalanced(rows, rng)
     start = time.time()
 
     # 1. the VAE
@@ -91,7 +108,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     # cosine decay: a constant high rate leaves the last weights wherever the last batch threw them
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.vae_steps, eta_min=recipe.vae_lr * 0.05)
     for step in range(1, recipe.vae_steps + 1):
-        batch = _images([rows[i] for i in rng.integers(0, len(rows), recipe.vae_batch)], rng, recipe.resolution)
+        batch = _images([rows[i] for i in draw(recipe.vae_batch)], rng, recipe.resolution)
         post = vae.encode(batch).latent_dist
         loss = F.mse_loss(vae.decode(post.sample()).sample, batch) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -119,7 +136,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     total = recipe.regression_steps + recipe.drift_steps
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1), eta_min=recipe.unet_lr * 0.1)
     for step in range(1, total + 1):
-        idx = torch.from_numpy(rng.integers(0, len(rows), b))
+        idx = torch.from_numpy(draw(b))
         hidden = text(tokens[idx])[0]
         if step <= recipe.regression_steps:
             x0 = data[idx, torch.from_numpy(rng.integers(0, p, b))]

@@ -33,6 +33,8 @@ rule sample:
         gpus=0,
     log:
         f"{R}/logs/sample/{{test_set}}/{{model}}.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         job("sample", test_set="{wildcards.test_set}", model="{wildcards.model}")
         + "drpo sample {params.args} --prompts {input.prompts} --seeds {SEEDS} --out {params.out} "
@@ -54,6 +56,8 @@ rule score:
         gpus=0,
     log:
         f"{R}/logs/score/{{test_set}}/{{model}}/{{metric}}.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         job("score", test_set="{wildcards.test_set}", model="{wildcards.model}", metric="{wildcards.metric}") + "drpo score --manifest {input.manifest} --reward {params.reward} --options {params.options:q} "
         "--metric {wildcards.metric} --out {output.scores} --summary {output.summary} --no-progress > {log} 2>&1"
@@ -75,6 +79,8 @@ rule judge:
         gpus=0,
     log:
         f"{R}/logs/judge/{{test_set}}/{{a}}__vs__{{b}}.log",
+    conda:
+        "../../envs/judge.yaml"
     shell:
         job("judge", test_set="{wildcards.test_set}", a="{wildcards.a}", b="{wildcards.b}") + "drpo judge --a {input.a} --b {input.b} {params.args} --out {output.judgements} "
         "--summary {output.summary} > {log} 2>&1"

@@ -23,5 +23,7 @@ rule prompt_set:
         args=prompt_set_args,
     log:
         f"{R}/logs/prompts/{{prompt_set}}.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         "drpo {params.args} --out {output} > {log} 2>&1"

@@ -13,6 +13,8 @@ rule collect:
         f"{R}/results.csv",
     params:
         spec=wf.to_json(wf.collect_spec(config, JUDGED)),
+    conda:
+        "../../envs/core.yaml"
     shell:
         "drpo collect --spec {params.spec:q} --out {output}"
 
@@ -26,6 +28,8 @@ rule tables:
     params:
         out=f"{R}/tables",
         curves=" ".join(f"{MODELS[rid]['label'].replace(' ', '_')}={R}/runs/{rid}/metrics.jsonl" for rid in RUNS),
+    conda:
+        "../../envs/core.yaml"
     shell:
         "drpo tables --results {input.results} --out {params.out} --curves {params.curves}"
 
@@ -37,5 +41,7 @@ rule report_html:
         f"{R}/report.html",
     params:
         tables=f"{R}/tables",
+    conda:
+        "../../envs/core.yaml"
     shell:
         "drpo report --tables {params.tables} --samples {R}/samples --out {output}"

@@ -39,6 +39,8 @@ rule train:
         gpus=wf.launcher(config)["gpus"],
     log:
         f"{R}/logs/train/{{run}}.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         job("train", run="{wildcards.run}") + "{params.launch} train --config {input.cfg} --resume --no-progress "
         "--threads {threads} > {log} 2>&1"

@@ -17,6 +17,8 @@ rule world_base:
         gpus=0,
     log:
         f"{R}/logs/world/base.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         job("world_base") + "drpo world train-base --prompts {input} --out {params.out} "
         "--resolution {W[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
@@ -35,6 +37,8 @@ rule world_reward_model:
         gpus=0,
     log:
         f"{R}/logs/world/reward_model.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         job("world_reward_model") + "drpo world train-reward --prompts {input} --out {params.out} "
         "--resolution {W[resolution]} --steps {W[reward_model_steps]} --seed {W[seed]} --threads {threads} > {log} 2>&1"
@@ -47,6 +51,8 @@ rule world_pairs:
         f"{R}/world/pairs/pairs.jsonl",
     log:
         f"{R}/logs/world/pairs.log",
+    conda:
+        "../../envs/core.yaml"
     shell:
         "drpo world pairs --prompts {input} --out {output} --n {W[offline_pairs]} "
         "--resolution {W[resolution]} --seed {W[seed]} > {log} 2>&1"
