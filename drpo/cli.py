@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("drpo.toy", "2-D demonstration of the drift field (writes a figure, < 30 s on a laptop)"),
     "train": ("drpo.train.cli", "train DrPO, its offline variant or a baseline from a config (resumable)"),
     "job": ("drpo.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
+    "bench": ("drpo.bench", "benchmarks: DrPO vs DRaFT seconds per update, the drift field's cost"),
     "collect": ("drpo.eval.collect", "gather the workflow's score and judge summaries into one results file"),
     "report": ("drpo.eval.report", "one self-contained HTML page: tables, figures, sample grids"),
     "sample": ("drpo.eval.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),

@@ -1,0 +1,208 @@
+"""`drpo bench`: the paper's speed claim and the drift's cost, measured (benchmarks, not tests).
+
+    drpo bench update   # seconds per update, DrPO vs DRaFT at matched effective batch (METHOD.md §6.3)
+    drpo bench drift    # time and peak memory of the drift field across N, D, radii and batched B
+
+`update` builds a tiny SD-Turbo twin and a CLIP reward whose parameter count is `--reward-ratio`
+times the generator UNet's (the paper's regime: HPSv3 ≈ 8B vs the SD-Turbo UNet ≈ 0.87B, about 9×).
+DrPO scores candidates without gradient and backpropagates only through the generator and the
+feature map; DRaFT backpropagates every candidate through the decoder and the reward. Both run the
+same trainer, candidates and prompts per update; the first update is a warm-up and not counted.
+Results (JSON + PNG) go to `results/bench/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from drpo.io import write_json
+
+
+def _reward_clip(folder: Path, target_params: int, image_size: int) -> int:
+    """A tiny CLIP (PickScore's class) whose size is close to `target_params`; its parameter count."""
+    from drpo.models.tiny import build_tiny_clip
+
+    hidden, best = 32, None
+    for layers in range(1, 25):
+        for hidden in (32, 64, 96, 128, 192, 256, 384, 512):
+            model, _ = build_tiny_clip(None, image_size=image_size, patch_size=4, hidden=hidden, projection=hidden, layers=layers)
+            n = sum(p.numel() for p in model.parameters())
+            if best is None or abs(n - target_params) < abs(best[0] - target_params):
+                best = (n, hidden, layers)
+            if n > target_params * 1.5:
+                break
+    n, hidden, layers = best
+    build_tiny_clip(folder, image_size=image_size, patch_size=4, hidden=hidden, projection=hidden, layers=layers)
+    return n
+
+
+def _time_method(method: str, model: Path, reward: Path, prompts: Path, out: Path, *, candidates: int, prompts_per_update: int, repeats: int) -> dict:
+    from drpo.train.config import train_config_from_dict
+    from drpo.train.trainer import Trainer
+
+    common = {
+        "seed": 42, "steps": repeats + 1, "grad_accum": prompts_per_update, "prompts_per_micro_step": 1,
+        "output_dir": str(out / method), "model": {"path": str(model)}, "prompts": {"path": str(prompts)},
+        "reward": {"name": "pickscore", "options": {"path": str(reward)}}, "lora": {"rank": 16, "alpha": 16},
+        "checkpoint": {"every": 0}, "tracking": {"enabled": False, "sample_grid_every": 0},
+    }
+    if method == "drpo":  # the paper's timing run: reference drift off, top/bottom half as anchors
+        cfg = {**common, "method": "drpo", "features": {"name": "latent", "options": {"keys": ["latent_flat", "latent_mean_2"]}},
+               "drpo": {"candidates": candidates, "positives": candidates // 2, "negatives": candidates // 2, "lambda_ref": 0.0}}
+    else:  # DRaFT streams candidates one at a time, a backward per candidate
+        cfg = {**common, "method": "draft", "draft": {"candidates": candidates, "chunk": 1}}
+    trainer = Trainer(train_config_from_dict(cfg), progress=False)
+    updates = []
+    for step in range(repeats + 1):
+        metrics = trainer.train_step(step)
+        if step:
+            updates.append({k: v for k, v in metrics.items() if k.startswith("time/")})
+    total = [u["time/update"] for u in updates]
+    parts = {k: statistics.mean(u.get(k, 0.0) for u in updates) for k in sorted({k for u in updates for k in u})}
+    return {"seconds": statistics.mean(total), "stdev": statistics.stdev(total) if len(total) > 1 else 0.0, "components": parts}
+
+
+def bench_update(args) -> dict:
+    from drpo.models.generators import OneStepGenerator
+    from drpo.models.tiny import build_tiny_sd_turbo
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = build_tiny_sd_turbo(tmp / "model", resolution=args.resolution, unet_channels=(64, 128), cross_attention_dim=64)
+        unet_params = sum(p.numel() for p in OneStepGenerator.from_pretrained(model).unet.parameters())
+        (tmp / "prompts.txt").write_text("\n".join(f"a photo of a red circle number {i}" for i in range(64)) + "\n")
+        rows = []
+        for ratio in args.reward_ratio:
+            reward = tmp / f"reward_{ratio:g}"
+            reward_params = _reward_clip(reward, int(ratio * unet_params), args.resolution)
+            row = {"reward_ratio_target": ratio, "reward_params": reward_params, "unet_params": unet_params,
+                   "reward_ratio": reward_params / unet_params}
+            for method in ("drpo", "draft"):
+                row[method] = _time_method(method, model, reward, tmp / "prompts.txt", tmp / "runs", candidates=args.candidates,
+                                           prompts_per_update=args.prompts_per_update, repeats=args.repeats)
+            row["speedup"] = row["draft"]["seconds"] / row["drpo"]["seconds"]
+            rows.append(row)
+            print(f"reward/generator {row['reward_ratio']:.1f}×: DRaFT {row['draft']['seconds']:.2f} s, DrPO {row['drpo']['seconds']:.2f} s "
+                  f"per update → {row['speedup']:.2f}× (paper: 3.51× at ≈9×)", flush=True)
+    result = {"benchmark": "update", "candidates": args.candidates, "prompts_per_update": args.prompts_per_update,
+              "effective_batch": args.candidates * args.prompts_per_update, "repeats": args.repeats, "rows": rows, **_machine()}
+    write_json(out / "update.json", result)
+    _plot_update(rows, out / "update.png")
+    return result
+
+
+def _plot_update(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    x = [r["reward_ratio"] for r in rows]
+    a.plot(x, [r["speedup"] for r in rows], "o-", label="ours")
+    a.axhline(3.51, color="gray", ls="--", label="paper (HPSv3, ≈9×)")
+    a.set_xlabel("reward / generator parameters")
+    a.set_ylabel("DRaFT seconds ÷ DrPO seconds per update")
+    a.legend()
+    last = rows[-1]
+    comps = sorted(set(last["drpo"]["components"]) | set(last["draft"]["components"]) - {"time/update"})
+    comps = [c for c in comps if c != "time/update"]
+    for i, m in enumerate(("draft", "drpo")):
+        bottom = 0.0
+        for c in comps:
+            v = last[m]["components"].get(c, 0.0)
+            b.bar(i, v, bottom=bottom, label=c.split("/")[1] if i == 0 else None)
+            bottom += v
+    b.set_xticks([0, 1], ["DRaFT", "DrPO"])
+    b.set_ylabel(f"seconds per update (reward {last['reward_ratio']:.1f}× generator)")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bench_drift(args) -> dict:
+    from drpo.drift import drift_loss
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def timed(fn, reps: int = 5) -> float:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    def case(b, n, p, m, d, radii):
+        x = torch.randn(b, n, d, device=device, requires_grad=True)
+        yp, yn = torch.randn(b, p, d, device=device), torch.randn(b, m, d, device=device)
+
+        def run():
+            drift_loss(x, yp, yn, 3000.0, 3000.0, radii).loss.sum().backward()
+
+        return timed(run)
+
+    rows = []
+    base = dict(b=1, n=24, p=8, m=8, d=512, radii=(0.02, 0.05, 0.2))
+    grid = [("n", [24, 96, 384]), ("d", [64, 512, 4096, 81920]), ("radii", [(0.2,), (0.05, 0.2), (0.02, 0.05, 0.2)]), ("b", [1, 8, 32])]
+    for name, values in grid:
+        for v in values:
+            params = {**base, name: v}
+            if name == "n":
+                params.update(p=v // 3, m=v // 3)
+            sec = case(params["b"], params["n"], params["p"], params["m"], params["d"], params["radii"])
+            rows.append({"vary": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}, "seconds": sec, "seconds_per_set": sec / params["b"]})
+            print(f"{name}={v}: {sec * 1e3:.2f} ms ({sec / params['b'] * 1e3:.2f} ms per set)", flush=True)
+    separate = case(1, 384, 128, 128, 512, base["radii"]) * 8
+    batched = case(8, 384, 128, 128, 512, base["radii"])
+    result = {"benchmark": "drift", "device": str(device), "rows": rows,
+              "batched_vs_separate": {"B": 8, "batched_s": batched, "separate_s": separate, "ratio": batched / separate}, **_machine()}
+    print(f"8 prompts batched along B: {batched * 1e3:.1f} ms vs 8 separate calls {separate * 1e3:.1f} ms", flush=True)
+    write_json(Path(args.out) / "drift.json", result)
+    return result
+
+
+def _machine() -> dict:
+    import diffusers
+    import transformers
+
+    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    u = sub.add_parser("update", help="seconds per update, DrPO vs DRaFT at matched effective batch")
+    u.add_argument("--reward-ratio", type=float, nargs="+", default=[1, 4, 9], help="reward parameters ÷ generator UNet parameters")
+    u.add_argument("--candidates", type=int, default=8, help="K per prompt")
+    u.add_argument("--prompts-per-update", type=int, default=2)
+    u.add_argument("--repeats", type=int, default=3, help="timed updates (after one warm-up)")
+    u.add_argument("--resolution", type=int, default=32)
+    u.add_argument("--threads", type=int, default=None)
+    u.add_argument("--out", default="results/bench")
+    d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts")
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--out", default="results/bench")
+
+
+def main(args: argparse.Namespace) -> int:
+    (bench_update if args.bench == "update" else bench_drift)(args)
+    print(f"wrote {args.out}")
+    return 0
