@@ -76,12 +76,12 @@ def test_generate_decode_shapes_seeds_and_family(folders, family):
 def test_sd_turbo_step_is_the_constant_projection(folders):
     gen = OneStepGenerator.from_pretrained(folders["sd-turbo"])
     embeds = gen.encode_prompts(PROMPTS[:1])
-    # last hidden state of the prompt padded / truncated to the tokenizer's max length (16 here)
-    ids = gen.tokenizer(PROMPTS[:1], padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    # last hidden state of the prompt padded / truncated to the tokenizer's max length (20 here)
+    ids = gen.tokenizer(PROMPTS[:1], padding="max_length", max_length=20, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(embeds.hidden, gen.text_encoder(ids)[0])
-    assert embeds.hidden.shape == (1, 16, 32) and embeds.pooled is None
-    assert gen.encode_prompts(["red " * 40]).hidden.shape == (1, 16, 32)  # long prompts truncate
+    assert embeds.hidden.shape == (1, 20, 32) and embeds.pooled is None
+    assert gen.encode_prompts(["red " * 40]).hidden.shape == (1, 20, 32)  # long prompts truncate
     z = gen.noise_for_seeds([3])
     with torch.no_grad():
         eps = gen.unet(z, 999, encoder_hidden_states=embeds.hidden).sample
@@ -106,7 +106,7 @@ def test_sdxl_turbo_is_one_scheduler_step_with_dual_encoders(folders):
     gen = OneStepGenerator.from_pretrained(folders["sdxl-turbo"])
     embeds = gen.encode_prompts(PROMPTS)
     # penultimate states of both encoders (16 + 32 wide), pooled from text_encoder_2, time ids of 32 px
-    assert embeds.hidden.shape == (2, 16, 48) and embeds.pooled.shape == (2, 32)
+    assert embeds.hidden.shape == (2, 20, 48) and embeds.pooled.shape == (2, 32)
     assert embeds.time_ids.tolist() == [[32, 32, 0, 0, 32, 32]] * 2
     z = gen.noise_for_seeds([4, 5])
     sched = type(gen.scheduler).from_config(gen.scheduler.config)
