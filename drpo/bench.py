@@ -149,6 +149,8 @@ def bench_drift(args) -> dict:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / reps
 
+    peaks: list[float] = []
+
     def case(b, n, p, m, d, radii):
         x = torch.randn(b, n, d, device=device, requires_grad=True)
         yp, yn = torch.randn(b, p, d, device=device), torch.randn(b, m, d, device=device)
@@ -156,7 +158,12 @@ def bench_drift(args) -> dict:
         def run():
             drift_loss(x, yp, yn, 3000.0, 3000.0, radii).loss.sum().backward()
 
-        return timed(run)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sec = timed(run)
+        # peak memory is measured where the allocator reports it (CUDA); on CPU it is None
+        peaks.append(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
+        return sec
 
     rows = []
     base = dict(b=1, n=24, p=8, m=8, d=512, radii=(0.02, 0.05, 0.2))
@@ -167,7 +174,8 @@ def bench_drift(args) -> dict:
             if name == "n":
                 params.update(p=v // 3, m=v // 3)
             sec = case(params["b"], params["n"], params["p"], params["m"], params["d"], params["radii"])
-            rows.append({"vary": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}, "seconds": sec, "seconds_per_set": sec / params["b"]})
+            rows.append({"vary": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+                         "seconds": sec, "seconds_per_set": sec / params["b"], "peak_mib": peaks[-1]})
             print(f"{name}={v}: {sec * 1e3:.2f} ms ({sec / params['b'] * 1e3:.2f} ms per set)", flush=True)
     separate = case(1, 384, 128, 128, 512, base["radii"]) * 8
     batched = case(8, 384, 128, 128, 512, base["radii"])
