@@ -53,7 +53,7 @@ def test_defaults_are_filled_and_runs_expand_over_seeds_and_ablations():
     config["training"]["ablations"] = {"kernel": {"run": "drpo", "key": "drpo.kernel", "values": ["rbf", "cosine"]}}
     runs = wf.runs(config)
     assert "drpo-s42" in runs and "drpo-s43" in runs and "drpo-kernel-rbf-s43" in runs
-    assert runs["drpo-kernel-cosine-s42"].overrides["drpo"] == {"binary_reward": True, "kernel": "cosine"}
+    assert runs["drpo-kernel-cosine-s42"].overrides["drpo"] == {"kernel": "cosine"}
     assert len(runs) == 2 * (len(config["training"]["runs"]) + 2)
 
 
@@ -62,11 +62,11 @@ def test_train_config_merges_defaults_run_and_ablation_and_is_a_valid_trainconfi
     config["training"]["ablations"] = {"eta": {"run": "drpo", "key": "drpo.eta_pos", "values": [1000]}}
     cfg = wf.train_config(config, "drpo-eta-1000-s42")
     assert cfg["method"] == "drpo" and cfg["seed"] == 42
-    assert cfg["drpo"]["eta_pos"] == 1000.0 and cfg["drpo"]["binary_reward"] is True
+    assert cfg["drpo"]["eta_pos"] == 1000.0 and cfg["drpo"]["binary_reward"] is False
     assert cfg["drpo"]["candidates"] == 16  # from training.defaults
     assert cfg["output_dir"] == "results/runs/drpo-eta-1000-s42"
     assert cfg["prompts"]["path"] == "results/prompts/world_train.jsonl"
-    assert cfg["reward"] == [{"name": "world_checker", "weight": 1.0, "options": {}}]
+    assert cfg["reward"] == [{"name": "world_checker_graded", "weight": 1.0, "options": {}}]
     bad = copy.deepcopy(config)
     bad["training"]["runs"]["drpo"]["set"] = {"drpo": {"candidatez": 3}}
     with pytest.raises(ConfigError, match=r"training\.runs\.drpo: unknown key drpo\.candidatez"):
