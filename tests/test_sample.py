@@ -64,3 +64,30 @@ def test_changed_settings_force_a_resample_and_one_step_rules(setup, tmp_path):
     assert (out / "seed_42/images/000000.png").stat().st_mtime_ns != before
     with pytest.raises(ValueError, match="num_inference_steps 1 and guidance 0"):
         sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model"), guidance_scale=7.5), [42], progress=False)
+
+
+def test_new_weights_force_a_resample(setup, tmp_path):
+    from drpo.eval.sample import fingerprint
+    from drpo.models.generators import OneStepGenerator
+
+    gen = OneStepGenerator.from_pretrained(setup / "model")
+    gen.add_lora(rank=4, alpha=4)
+    gen.save_lora(tmp_path / "ckpt")
+    first = fingerprint(setup / "model", tmp_path / "ckpt")
+    settings = SamplerSettings(model=str(setup / "model"), lora=str(tmp_path / "ckpt"), weights=first)
+    out = tmp_path / "s"
+    sample(setup / "prompts.jsonl", out, settings, [42], progress=False)
+    before = (out / "seed_42/images/000000.png").read_bytes()
+    import torch
+
+    with torch.no_grad():  # "retrain": the same path, new LoRA weights
+        for p in gen.trainable_parameters():
+            p.add_(0.5)
+    import time
+
+    time.sleep(0.01)
+    gen.save_lora(tmp_path / "ckpt")
+    second = fingerprint(setup / "model", tmp_path / "ckpt")
+    assert second != first
+    sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model"), lora=str(tmp_path / "ckpt"), weights=second), [42], progress=False)
+    assert (out / "seed_42/images/000000.png").read_bytes() != before

@@ -38,11 +38,30 @@ class SamplerSettings:
     scheduler: str = "default"
     resolution: int | None = None
     dtype: str = "float32"
+    weights: str = ""  # fingerprint of the model and LoRA files: new weights, new images
     extra: dict = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
         return f"{self.model_type}:{self.scheduler}:{self.num_inference_steps}:{self.guidance_scale:g}"
+
+
+def fingerprint(*paths: str | Path | None) -> str:
+    """A digest of the weight files under the given paths (name, size, mtime): a retrained LoRA or
+    a replaced model changes it, so `sample` redraws rather than keeping the old images."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in paths:
+        if not root or not Path(root).exists():
+            h.update(str(root).encode())  # a hub id: the id itself
+            continue
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".safetensors", ".bin", ".json", ".pt"))
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(root.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def image_relpath(seed: int, prompt_id: int) -> str:
@@ -261,12 +280,13 @@ def main(args: argparse.Namespace) -> int:
         settings = SamplerSettings(
             model=args.model, model_type="multi_step", num_inference_steps=args.steps or 50,
             guidance_scale=7.5 if args.guidance is None else args.guidance, scheduler=args.scheduler,
-            resolution=args.resolution, dtype=args.dtype,
+            resolution=args.resolution, dtype=args.dtype, weights=fingerprint(args.model),
         )
     else:
         if (args.steps not in (None, 1)) or (args.guidance not in (None, 0.0)):
             raise ValueError("one-step generators take --steps 1 and --guidance 0; use --multi-step for reference models")
-        settings = SamplerSettings(model=args.model, family=args.family, lora=args.lora, resolution=args.resolution, dtype=args.dtype)
+        settings = SamplerSettings(model=args.model, family=args.family, lora=args.lora, resolution=args.resolution, dtype=args.dtype,
+                                   weights=fingerprint(args.model, args.lora))
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     path = sample(args.prompts, args.out, settings, seeds, batch_size=args.batch_size, shard=args.shard, device=device, progress=not args.no_progress)
     print(f"wrote {path}")
