@@ -133,3 +133,13 @@ def test_a_killed_run_resumes_exactly(assets, tmp_path):
     assert _lora_equal(resumed, uninterrupted, atol=0)
     kept = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*"))
     assert len(kept) <= 2  # total_limit
+
+
+def test_resume_ignores_checkpoints_of_another_config(assets, tmp_path, capsys):
+    first = train_config_from_dict(config(assets, tmp_path / "run", steps=2, checkpoint__every=1, method="pso", pso__candidates=6))
+    Trainer(first, progress=False).train()
+    changed = train_config_from_dict(config(assets, tmp_path / "run", steps=2, checkpoint__every=1, method="pso", pso__candidates=6, optim__lr=5e-3))
+    resumed = Trainer(changed, resume=True, progress=False)
+    assert resumed.start_step == 0 and "another config" in capsys.readouterr().out
+    extended = train_config_from_dict(config(assets, tmp_path / "run", steps=3, checkpoint__every=1, method="pso", pso__candidates=6))
+    assert Trainer(extended, resume=True, progress=False).start_step == 1  # more steps, same updates: resumes

@@ -82,8 +82,19 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def resume_hash(cfg: TrainConfig) -> str:
+    """What a checkpoint must share with the config to be resumed: everything that changes the
+    updates (not the step budget, checkpointing or tracking, which a resumed run may extend)."""
+    data = to_dict(cfg)
+    for key in ("steps", "checkpoint", "tracking", "output_dir"):
+        data.pop(key, None)
+    return config_hash(data)
+
+
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as plain lists, so the checkpoint loads with torch.load(weights_only=True)
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached], "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -91,7 +102,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -149,10 +161,14 @@ class Trainer:
                 raise FileNotFoundError(f"--resume {path}: not a complete checkpoint (no training_state.json)")
             return path
         found = list_checkpoints(self.out)
-        return found[-1][1] if found else None
+        want = resume_hash(self.cfg)
+        matching = [p for _, p in found if json.loads((p / "training_state.json").read_text()).get("resume_hash") == want]
+        if found and not matching and self.accelerator.is_main_process:
+            print(f"--resume: the checkpoints in {self.out} were trained with another config; starting from scratch")
+        return matching[-1] if matching else None
 
     def _load_state(self, ckpt: Path) -> None:
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
@@ -176,7 +192,7 @@ class Trainer:
             if hasattr(self.method, "tau"):
                 state["method"] = {"tau": self.method.tau}
             torch.save(state, tmp / "training_state.pt")
-            write_json(tmp / "training_state.json", {"step": step, "config_hash": config_hash(self.cfg), "time": time.time()})
+            write_json(tmp / "training_state.json", {"step": step, "config_hash": config_hash(self.cfg), "resume_hash": resume_hash(self.cfg), "time": time.time()})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             limit = self.cfg.checkpoint.total_limit

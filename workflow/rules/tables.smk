@@ -27,7 +27,8 @@ rule tables:
         index=report(f"{R}/tables/index.md", caption="../report/tables.rst", category="Tables"),
     params:
         out=f"{R}/tables",
-        curves=" ".join(f"{MODELS[rid]['label'].replace(' ', '_')}={R}/runs/{rid}/metrics.jsonl" for rid in RUNS),
+        # reward curves of the runs that have a reward (run ids: labels may hold "=")
+        curves=" ".join(f"{rid}={R}/runs/{rid}/metrics.jsonl" for rid, run in RUNS.items() if "reward" in run.spec),
     conda:
         "../../envs/core.yaml"
     shell:
