@@ -91,3 +91,13 @@ def test_new_weights_force_a_resample(setup, tmp_path):
     assert second != first
     sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model"), lora=str(tmp_path / "ckpt"), weights=second), [42], progress=False)
     assert (out / "seed_42/images/000000.png").read_bytes() != before
+
+
+def test_multi_step_reference_models_sample_through_their_diffusers_pipeline(setup, tmp_path):
+    settings = SamplerSettings(model=str(setup / "model"), model_type="multi_step", num_inference_steps=2, guidance_scale=7.5, scheduler="ddim")
+    rows = read_jsonl(sample(setup / "prompts.jsonl", tmp_path / "ref", settings, [42], progress=False))
+    assert len(rows) == 3 and rows[0]["model_type"] == "multi_step" and rows[0]["num_inference_steps"] == 2
+    assert rows[0]["sampler"] == "multi_step:ddim:2:7.5" and rows[0]["resolution"] == 32
+    from PIL import Image
+
+    assert Image.open(tmp_path / "ref" / rows[0]["image_path"]).size == (32, 32)
