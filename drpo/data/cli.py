@@ -5,6 +5,7 @@
     drpo prompts pickapic-pairs --parquet train-0000.parquet --out results/datasets/pickapic --max-pairs 20000 \\
         --exclude-prompts results/prompts/pickapic_test.jsonl
     drpo prompts check-disjoint results/prompts/train.jsonl results/prompts/test.jsonl
+    drpo prompts geneval-grammar --n 2000 --seed 1 --local-dir ../shared/data --exclude results/prompts/geneval_test.jsonl --out train.jsonl
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="prompt files (e.g. the test set) whose prompts are left out")
     p.add_argument("--ties", choices=("drop", "error"), default="drop", help="label 0.5/0.5 rows: skip (default) or stop")
 
+    p = sub.add_parser("geneval-grammar", help="GenEval-format training prompts over GenEval's 80 classes (test prompts left out)",
+                       description="Training prompts for GenEval as a reward: GenEval's grammar under another seed.")
+    p.add_argument("--n", type=int, required=True, help="number of distinct prompts")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--local-dir", help="folder with geneval_object_names.txt (sha256-checked), e.g. ../shared/data")
+    p.add_argument("--download", action="store_true", help="fetch the object names from GenEval's repository")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="FILE", help="prompt files to stay disjoint from (the test set)")
+    p.add_argument("--out", required=True, help="output JSONL")
+
     p = sub.add_parser("check-disjoint", help="fail when two prompt files share a prompt (lowercased, whitespace collapsed)")
     p.add_argument("train", help="training prompt file (txt, jsonl or tsv)")
     p.add_argument("test", help="test prompt file")
@@ -62,6 +72,18 @@ def main(args: argparse.Namespace) -> int:
         stats = build_pickapic_pairs(args.parquet, args.out, max_pairs=args.max_pairs,
                                      exclude_prompts=excluded, ties=args.ties)
         print(f"wrote {args.out}/pairs.jsonl: {json.dumps(stats.__dict__)}")
+        return 0
+    if args.prompts_command == "geneval-grammar":
+        from drpo.data.geneval_grammar import generate, read_object_names
+        from drpo.io import write_jsonl
+
+        names_file, _ = P.fetch_source("geneval_object_names", local_dir=args.local_dir, allow_download=args.download)
+        excluded = {r["prompt"] for f in args.exclude for r in P.load_prompts(f)}
+        rows = generate(args.n, args.seed, read_object_names(names_file), excluded)
+        for f in args.exclude:
+            P.check_disjoint(rows, P.load_prompts(f), train_name=args.out, test_name=f)
+        write_jsonl(args.out, rows)
+        print(f"wrote {args.out}: {len(rows)} GenEval-grammar prompts (seed {args.seed}), disjoint from {args.exclude or 'nothing'}")
         return 0
     train, test = P.load_prompts(args.train), P.load_prompts(args.test)
     P.check_disjoint(train, test, train_name=args.train, test_name=args.test)

@@ -1,22 +1,33 @@
-# Prompt sets: the world's grammar, or the public sets from a local copy checked by sha256.
+# Prompt sets: the world's grammar, GenEval's grammar (training prompts), the public sets from a
+# local copy checked by sha256, or a user's file. `exclude:` names sets that must stay disjoint.
+
+
+def prompt_set_excludes(wildcards):
+    spec = config["prompt_sets"][wildcards.prompt_set]
+    return [wf.prompt_path(config, name) for name in spec.get("exclude", [])]
 
 
 def prompt_set_args(wildcards):
     spec = config["prompt_sets"][wildcards.prompt_set]
+    local = f" --local-dir {spec['local_dir']}" if spec.get("local_dir") else ""
+    excludes = prompt_set_excludes(wildcards)
+    exclude = f" --exclude {' '.join(excludes)}" if excludes else ""
     if spec["source"] == "world":
         w = config["world"]
-        n = w["train_prompts"] if spec.get("split") == "train" else w["test_prompts"]
         return (
             f"world prompts --split {spec.get('split', 'test')} --n-train {w['train_prompts']} "
             f"--n-test {w['test_prompts']} --seed {w['seed']}"
         )
+    if spec["source"] == "geneval_grammar":
+        return f"prompts geneval-grammar --n {spec.get('n', 2000)} --seed {spec.get('seed', 1)}{local}{exclude}"
     if spec["source"] == "file":
-        return f"prompts prepare file --path {spec['path']}"
-    local = f" --local-dir {spec['local_dir']}" if spec.get("local_dir") else ""
-    return f"prompts prepare {spec['source']}{local}"
+        return f"prompts prepare file --path {spec['path']}{exclude}"
+    return f"prompts prepare {spec['source']}{local}{exclude}"
 
 
 rule prompt_set:
+    input:
+        prompt_set_excludes,
     output:
         f"{R}/prompts/{{prompt_set}}.jsonl",
     params:
