@@ -91,7 +91,7 @@ def test_paper_configs_define_every_table_of_section_6():
 def _dry_run(*args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", *args],
+        [sys.executable, "-m", "snakemake", *args, "-n", "--quiet", "rules"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -112,6 +112,9 @@ def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
     assert counts["score"] == n_models * len(config["evaluation"]["metrics"])
     assert counts["judge"] == len(config["evaluation"]["judge"]["against"])
     assert counts["world_base"] == 1 and counts["tables"] == 1 and counts["report_html"] == 1
+    # each configured table is a target of its own
+    one = _job_counts(_dry_run("results/tables/geneval.tex"))
+    assert one["tables"] == 1 and "report_html" not in one
 
 
 @pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])

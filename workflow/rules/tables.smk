@@ -25,6 +25,8 @@ rule tables:
         metrics=[f"{R}/runs/{rid}/metrics.jsonl" for rid in RUNS],
     output:
         index=report(f"{R}/tables/index.md", caption="../report/tables.rst", category="Tables"),
+        # every configured table is a target of its own: results/tables/<name>.{csv,md,tex}
+        tables=expand(f"{R}/tables/{{name}}.{{ext}}", name=list(config.get("tables", {})), ext=["csv", "md", "tex"]),
     params:
         out=f"{R}/tables",
         # reward curves of the runs that have a reward (run ids: labels may hold "=")
