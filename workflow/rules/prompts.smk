@@ -38,3 +38,32 @@ rule prompt_set:
         "../../envs/core.yaml"
     shell:
         "drpo {params.args} --out {output} > {log} 2>&1"
+
+
+def dataset_args(wildcards):
+    spec = config["datasets"][wildcards.dataset]
+    if spec.get("source") != "pickapic_v2" or not spec.get("parquet"):
+        raise ValueError(f"datasets.{wildcards.dataset}: only source pickapic_v2 with parquet files is built by the workflow")
+    excludes = [wf.prompt_path(config, name) for name in spec.get("exclude", [])]
+    args = f"--parquet {' '.join(spec['parquet'])}"
+    if spec.get("max_pairs"):
+        args += f" --max-pairs {spec['max_pairs']}"
+    if excludes:
+        args += f" --exclude-prompts {' '.join(excludes)}"
+    return args
+
+
+rule pickapic_pairs:
+    input:
+        lambda w: [wf.prompt_path(config, n) for n in config["datasets"][w.dataset].get("exclude", [])],
+    output:
+        f"{R}/datasets/{{dataset}}/pairs.jsonl",
+    params:
+        args=dataset_args,
+        out=lambda w: f"{R}/datasets/{w.dataset}",
+    log:
+        f"{R}/logs/datasets/{{dataset}}.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "drpo prompts pickapic-pairs {params.args} --out {params.out} > {log} 2>&1"
