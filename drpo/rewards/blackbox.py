@@ -40,6 +40,7 @@ from torch import Tensor
 
 from drpo.rewards import Reward, RewardError, check_scores
 from drpo.rewards.transport import (
+    HoldsProcess,
     IMAGE_TRANSPORTS, ImagePayload, LineProcess, Transient, child_env, dumps, parse_score_line,
     parse_scores, retry, tail,
 )
@@ -61,7 +62,7 @@ class _BlackBox(Reward):
         return RewardError(f"reward {self.name} ({self._where()}): {what}")
 
 
-class CommandReward(_BlackBox):
+class CommandReward(HoldsProcess, _BlackBox):
     """Scores from any executable speaking JSON lines (see the module docstring)."""
 
     name = "command"
@@ -159,17 +160,6 @@ class CommandReward(_BlackBox):
         if self._proc is not None:
             self._proc.kill()  # a fresh process for the retry
 
-    def close(self) -> None:
-        if self._proc is not None:
-            self._proc.close()
-            self._proc = None
-
-    def __del__(self):
-        try:
-            if self._proc is not None:
-                self._proc.kill()
-        except Exception:
-            pass
 
 
 class HTTPReward(_BlackBox):

@@ -241,3 +241,22 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env
+
+
+class HoldsProcess:
+    """Mixin of rewards that keep a `LineProcess` in `self._proc`: close it, and kill it when the
+    reward is garbage-collected so no scorer outlives the run."""
+
+    _proc: LineProcess | None = None
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
+
+    def __del__(self):
+        try:
+            if self._proc is not None:
+                self._proc.kill()
+        except Exception:
+            pass

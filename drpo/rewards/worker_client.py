@@ -26,13 +26,13 @@ import torch
 from torch import Tensor
 
 from drpo.rewards import Reward, RewardError, check_scores
-from drpo.rewards.transport import IMAGE_TRANSPORTS, ImagePayload, LineProcess, Transient, child_env, dumps, retry
+from drpo.rewards.transport import IMAGE_TRANSPORTS, HoldsProcess, ImagePayload, LineProcess, Transient, child_env, dumps, retry
 from drpo.rewards.worker import ENV_FILES, PROTOCOL
 
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 
 
-class WorkerReward(Reward):
+class WorkerReward(HoldsProcess, Reward):
     """A reward computed by a long-lived worker process, usually in another Python environment."""
 
     name = "worker"
@@ -102,17 +102,6 @@ class WorkerReward(Reward):
             self._proc.kill()
         self._start()
 
-    def close(self) -> None:
-        if self._proc is not None:
-            self._proc.close()
-            self._proc = None
-
-    def __del__(self):
-        try:
-            if self._proc is not None:
-                self._proc.kill()
-        except Exception:
-            pass
 
     # -- scoring -----------------------------------------------------------------------------------
 
