@@ -141,8 +141,9 @@ def parse_parti_tsv(text: str, where: str = "PartiPrompts.tsv") -> list[dict]:
     return rows
 
 
-def parse_geneval_jsonl(text: str, where: str = "evaluation_metadata.jsonl") -> list[dict]:
-    """GenEval metadata rows, kept verbatim (tag/include/exclude) plus prompt_id."""
+def _json_rows(text: str, where: str, required: tuple[str, ...], what: str) -> list[dict]:
+    """JSON-lines prompt rows; a bad line or a row without the `required` keys names file and line.
+    Rows keep their own prompt_id; otherwise it is the row's index."""
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -151,10 +152,15 @@ def parse_geneval_jsonl(text: str, where: str = "evaluation_metadata.jsonl") -> 
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}:{lineno}: not valid JSON ({err.msg})") from None
-        if "prompt" not in row or "tag" not in row:
-            raise ValueError(f"{where}:{lineno}: a GenEval row needs 'prompt' and 'tag'")
+        if not isinstance(row, dict) or any(k not in row for k in required):
+            raise ValueError(f"{where}:{lineno}: {what} needs {' and '.join(repr(k) for k in required)}")
         rows.append({"prompt_id": len(rows), **row})
     return rows
+
+
+def parse_geneval_jsonl(text: str, where: str = "evaluation_metadata.jsonl") -> list[dict]:
+    """GenEval metadata rows, kept verbatim (tag/include/exclude) plus prompt_id."""
+    return _json_rows(text, where, ("prompt", "tag"), "a GenEval row")
 
 
 def parse_lines(text: str, where: str = "prompts.txt") -> list[dict]:
@@ -182,19 +188,7 @@ def load_prompts(path: str | Path) -> list[dict]:
     if path.suffix == ".tsv":
         return parse_parti_tsv(text, str(path))
     if path.suffix == ".jsonl" or text.lstrip().startswith("{"):
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or "prompt" not in row:
-                raise ValueError(f"{path}:{lineno}: a prompt row needs a 'prompt' key")
-            row.setdefault("prompt_id", len(rows))
-            rows.append(row)
-        return rows
+        return _json_rows(text, str(path), ("prompt",), "a prompt row")
     return parse_lines(text, str(path))
 
 
