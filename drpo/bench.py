@@ -149,25 +149,27 @@ def bench_drift(args) -> dict:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / reps
 
-    peaks: list[float] = []
+    peaks: list[float | None] = []
 
-    def case(b, n, p, m, d, radii):
+    def case(b, n, p, m, d, radii, separate: bool = False):
+        """Seconds of one forward + backward over b sets: in one call, or one call per set."""
         x = torch.randn(b, n, d, device=device, requires_grad=True)
         yp, yn = torch.randn(b, p, d, device=device), torch.randn(b, m, d, device=device)
 
         def run():
-            drift_loss(x, yp, yn, 3000.0, 3000.0, radii).loss.sum().backward()
+            if separate:  # the same b distinct sets, one call each
+                for i in range(b):
+                    drift_loss(x[i:i + 1], yp[i:i + 1], yn[i:i + 1], 3000.0, 3000.0, radii).loss.sum().backward()
+            else:
+                drift_loss(x, yp, yn, 3000.0, 3000.0, radii).loss.sum().backward()
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         sec = timed(run)
-        # peak memory is measured where the allocator reports it (CUDA); on CPU it is None
-        peaks.append(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
+        peaks.append(_peak_mib(run, device))
         return sec
 
     rows = []
     base = dict(b=1, n=24, p=8, m=8, d=512, radii=(0.02, 0.05, 0.2))
-    grid = [("n", [24, 96, 384]), ("d", [64, 512, 4096, 81920]), ("radii", [(0.2,), (0.05, 0.2), (0.02, 0.05, 0.2)]), ("b", [1, 8, 32])]
+    grid = [("n", [24, 96, 384]), ("p", [4, 32, 128]), ("m", [4, 32, 128]), ("d", [64, 512, 4096, 81920]), ("radii", [(0.2,), (0.05, 0.2), (0.02, 0.05, 0.2)]), ("b", [1, 8, 32])]
     for name, values in grid:
         for v in values:
             params = {**base, name: v}
@@ -176,14 +178,84 @@ def bench_drift(args) -> dict:
             sec = case(params["b"], params["n"], params["p"], params["m"], params["d"], params["radii"])
             rows.append({"vary": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
                          "seconds": sec, "seconds_per_set": sec / params["b"], "peak_mib": peaks[-1]})
-            print(f"{name}={v}: {sec * 1e3:.2f} ms ({sec / params['b'] * 1e3:.2f} ms per set)", flush=True)
-    separate = case(1, 384, 128, 128, 512, base["radii"]) * 8
-    batched = case(8, 384, 128, 128, 512, base["radii"])
-    result = {"benchmark": "drift", "device": str(device), "rows": rows,
-              "batched_vs_separate": {"B": 8, "batched_s": batched, "separate_s": separate, "ratio": batched / separate}, **_machine()}
-    print(f"8 prompts batched along B: {batched * 1e3:.1f} ms vs 8 separate calls {separate * 1e3:.1f} ms", flush=True)
+            peak = f", peak {peaks[-1]:.1f} MiB" if peaks[-1] is not None else ""
+            print(f"{name}={v}: {sec * 1e3:.2f} ms ({sec / params['b'] * 1e3:.2f} ms per set{peak})", flush=True)
+    # B prompts batched along B against B separate calls, small sets to large
+    batching = []
+    for n in (24, 96, 384):
+        separate = case(8, n, n // 3, n // 3, 512, base["radii"], separate=True)
+        batched = case(8, n, n // 3, n // 3, 512, base["radii"])
+        batching.append({"B": 8, "n": n, "batched_s": batched, "separate_s": separate, "ratio": batched / separate,
+                         "batched_peak_mib": peaks[-1], "separate_peak_mib": peaks[-2]})
+        print(f"N={n}: 8 prompts batched along B {batched * 1e3:.1f} ms vs 8 separate calls {separate * 1e3:.1f} ms", flush=True)
+    result = {"benchmark": "drift", "device": str(device), "rows": rows, "batched_vs_separate": batching, **_machine()}
     write_json(Path(args.out) / "drift.json", result)
+    _plot_drift(result, Path(args.out) / "drift.png")
     return result
+
+
+def _plot_drift(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    varied = [v for v in dict.fromkeys(r["vary"] for r in result["rows"]) if v != "radii"]
+    fig, axes = plt.subplots(1, len(varied) + 1, figsize=(3.2 * (len(varied) + 1), 3.2))
+    for ax, name in zip(axes, varied):
+        rows = [r for r in result["rows"] if r["vary"] == name]
+        ax.loglog([r[name] for r in rows], [r["seconds_per_set"] * 1e3 for r in rows], "o-")
+        ax.set_xlabel(name)
+        ax.set_ylabel("ms per set (fwd + bwd)" if ax is axes[0] else "")
+    ax = axes[-1]
+    batching = result["batched_vs_separate"]
+    xs = range(len(batching))
+    ax.bar([i - 0.2 for i in xs], [b["separate_s"] * 1e3 / b["B"] for b in batching], 0.4, label="separate calls")
+    ax.bar([i + 0.2 for i in xs], [b["batched_s"] * 1e3 / b["B"] for b in batching], 0.4, label="batched along B")
+    ax.set_xticks(list(xs), [f"N={b['n']}" for b in batching])
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per prompt (B = 8)")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"drift field on {result['device']}, {result['threads']} threads")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _peak_mib(fn, device: torch.device) -> float | None:
+    """Peak memory one call of `fn` adds above what was held before it, in MiB.
+
+    CUDA: the caching allocator's peak. CPU: the kernel's resident high-water mark (VmHWM), reset
+    through /proc/self/clear_refs after glibc has returned its free pages; None where Linux's
+    /proc is not available.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        before = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # high-water mark := current resident size
+        fn()
+        return max(0.0, (_status_kib("VmHWM") - before) / 1024)
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
 
 
 def _machine() -> dict:

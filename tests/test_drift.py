@@ -181,6 +181,29 @@ def test_batched_sets_equal_single_calls(kernel):
             torch.testing.assert_close(batched.rms[r][b], single.rms[r][0])
 
 
+def test_large_batches_run_in_chunks_with_identical_results(monkeypatch):
+    import drpo.drift as drift
+
+    x, pos, neg = _sets(seed=7, b=5, n=6, p=3, m=6)
+    w_pos = torch.rand(5, 3) * 3000 + 100
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    whole = drift.drift_loss(xa, pos, neg, w_pos, 3000.0, RADII, mask_negative_self=True, return_affinity=True)
+    calls = []
+    inner = drift.drift_loss
+    monkeypatch.setattr(drift, "drift_loss", lambda x, *a, **k: calls.append(x.shape[0]) or inner(x, *a, **k))
+    monkeypatch.setattr(drift, "BATCH_PAIRS", 2 * 6 * (6 + 6 + 3))  # two sets per chunk
+    chunked = inner(xb, pos, neg, w_pos, 3000.0, RADII, mask_negative_self=True, return_affinity=True)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked.force, whole.force)
+    torch.testing.assert_close(chunked.loss, whole.loss)
+    torch.testing.assert_close(chunked.extra["affinity_0.05"], whole.extra["affinity_0.05"])
+    for r in RADII:
+        torch.testing.assert_close(chunked.rms[r], whole.rms[r])
+    whole.loss.sum().backward()
+    chunked.loss.sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_loss_gradient_is_scaled_force(kernel):
     x, pos, neg = _sets(seed=7, n=6, d=4)

@@ -1,0 +1,24 @@
+"""`drpo bench drift` writes its numbers and figure; memory is measured on CPU too (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
+def test_bench_drift_records_peak_memory_and_batching(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([str(Path(sys.executable).with_name("drpo")), "bench", "drift", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "drift.json").read_text())
+    assert (out / "drift.png").stat().st_size > 10_000
+    assert {r["vary"] for r in result["rows"]} == {"n", "p", "m", "d", "radii", "b"}
+    by_d = {r["d"]: r for r in result["rows"] if r["vary"] == "d"}
+    # D = 81 920 with N = 24, P = M = 8: the inputs alone are 12.5 MiB of float32 targets, copied and scaled
+    assert by_d[81920]["peak_mib"] > 12 > by_d[64]["peak_mib"] >= 0
+    assert [b["n"] for b in result["batched_vs_separate"]] == [24, 96, 384]
+    assert all(b["batched_s"] > 0 and b["separate_s"] > 0 for b in result["batched_vs_separate"])
