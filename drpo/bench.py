@@ -32,7 +32,7 @@ def _reward_clip(folder: Path, target_params: int, image_size: int) -> int:
 
     hidden, best = 32, None
     for layers in range(1, 25):
-        for hidden in (32, 64, 96, 128, 192, 256, 384, 512):
+        for hidden in (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096):
             model, _ = build_tiny_clip(None, image_size=image_size, patch_size=4, hidden=hidden, projection=hidden, layers=layers)
             n = sum(p.numel() for p in model.parameters())
             if best is None or abs(n - target_params) < abs(best[0] - target_params):
@@ -44,13 +44,14 @@ def _reward_clip(folder: Path, target_params: int, image_size: int) -> int:
     return n
 
 
-def _time_method(method: str, model: Path, reward: Path, prompts: Path, out: Path, *, candidates: int, prompts_per_update: int, repeats: int) -> dict:
+def _time_method(method: str, model: Path, reward: Path, prompts: Path, out: Path, *, candidates: int, prompts_per_update: int,
+                 repeats: int, dtype: str = "float32") -> dict:
     from drpo.train.config import train_config_from_dict
     from drpo.train.trainer import Trainer
 
     common = {
         "seed": 42, "steps": repeats + 1, "grad_accum": prompts_per_update, "prompts_per_micro_step": 1,
-        "output_dir": str(out / method), "model": {"path": str(model)}, "prompts": {"path": str(prompts)},
+        "output_dir": str(out / method), "model": {"path": str(model), "dtype": dtype}, "prompts": {"path": str(prompts)},
         "reward": {"name": "pickscore", "options": {"path": str(reward)}}, "lora": {"rank": 16, "alpha": 16},
         "checkpoint": {"every": 0}, "tracking": {"enabled": False, "sample_grid_every": 0},
     }
@@ -72,29 +73,33 @@ def _time_method(method: str, model: Path, reward: Path, prompts: Path, out: Pat
 
 def bench_update(args) -> dict:
     from drpo.models.generators import OneStepGenerator
-    from drpo.models.tiny import build_tiny_sd_turbo
+    from drpo.models.tiny import build_sd_turbo_sized, build_tiny_sd_turbo
 
     torch.set_num_threads(args.threads) if args.threads else None
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = build_tiny_sd_turbo(tmp / "model", resolution=args.resolution, unet_channels=(64, 128), cross_attention_dim=64)
+        if args.generator == "sd-turbo":  # the real architecture, random weights: the paper's regime on a GPU
+            model = build_sd_turbo_sized(tmp / "model", resolution=args.resolution or 512)
+        else:
+            model = build_tiny_sd_turbo(tmp / "model", resolution=args.resolution or 32, unet_channels=(64, 128), cross_attention_dim=64)
         unet_params = sum(p.numel() for p in OneStepGenerator.from_pretrained(model).unet.parameters())
         (tmp / "prompts.txt").write_text("\n".join(f"a photo of a red circle number {i}" for i in range(64)) + "\n")
         rows = []
         for ratio in args.reward_ratio:
             reward = tmp / f"reward_{ratio:g}"
-            reward_params = _reward_clip(reward, int(ratio * unet_params), args.resolution)
+            reward_params = _reward_clip(reward, int(ratio * unet_params), min(args.resolution or 224, 224))
             row = {"reward_ratio_target": ratio, "reward_params": reward_params, "unet_params": unet_params,
                    "reward_ratio": reward_params / unet_params}
             for method in ("drpo", "draft"):
                 row[method] = _time_method(method, model, reward, tmp / "prompts.txt", tmp / "runs", candidates=args.candidates,
-                                           prompts_per_update=args.prompts_per_update, repeats=args.repeats)
+                                           prompts_per_update=args.prompts_per_update, repeats=args.repeats,
+                                           dtype="bfloat16" if args.generator == "sd-turbo" and torch.cuda.is_available() else "float32")
             row["speedup"] = row["draft"]["seconds"] / row["drpo"]["seconds"]
             rows.append(row)
             print(f"reward/generator {row['reward_ratio']:.1f}×: DRaFT {row['draft']['seconds']:.2f} s, DrPO {row['drpo']['seconds']:.2f} s "
                   f"per update → {row['speedup']:.2f}× (paper: 3.51× at ≈9×)", flush=True)
-    result = {"benchmark": "update", "candidates": args.candidates, "prompts_per_update": args.prompts_per_update,
+    result = {"benchmark": "update", "generator": args.generator, "candidates": args.candidates, "prompts_per_update": args.prompts_per_update,
               "effective_batch": args.candidates * args.prompts_per_update, "repeats": args.repeats, "rows": rows, **_machine()}
     write_json(out / "update.json", result)
     _plot_update(rows, out / "update.png")
@@ -274,7 +279,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--candidates", type=int, default=8, help="K per prompt")
     u.add_argument("--prompts-per-update", type=int, default=2)
     u.add_argument("--repeats", type=int, default=3, help="timed updates (after one warm-up)")
-    u.add_argument("--resolution", type=int, default=32)
+    u.add_argument("--generator", choices=["tiny", "sd-turbo"], default="tiny",
+                   help="tiny: a 64/128-channel SD-Turbo-class UNet (CPU); sd-turbo: SD-Turbo's full-size UNet and VAE, "
+                        "random weights (use on a GPU)")
+    u.add_argument("--resolution", type=int, default=None, help="image side (default 32 for tiny, 512 for sd-turbo)")
     u.add_argument("--threads", type=int, default=None)
     u.add_argument("--out", default="results/bench")
     d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts")

@@ -125,6 +125,47 @@ def build_tiny_sd_turbo(
     return folder
 
 
+def build_sd_turbo_sized(folder: str | Path, *, resolution: int = 512, seed: int = 0, text_layers: int = 2) -> Path:
+    """SD-Turbo's architecture at full size with random weights, for timing without the download.
+
+    The UNet (≈0.87B parameters) and the VAE follow SD 2.1 / SD-Turbo's configs; the text encoder is
+    a shallow CLIP of the right width (1024), since prompt encoding is not what a benchmark times.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8 (the VAE downsamples ×8), got {resolution}")
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(None, 77)
+    config = _text_encoder_config(len(tokenizer), 1024, 77)
+    config.num_hidden_layers, config.intermediate_size = text_layers, 4096
+    text_encoder = CLIPTextModel(config)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        sample_size=resolution, scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+    )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        timestep_spacing="trailing", steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_sdxl_turbo(
     folder: str | Path,
     *,
