@@ -15,7 +15,7 @@ from scipy import ndimage
 from drpo.world.checker import check, detect, evaluate
 from drpo.world.grammar import TAGS, all_rows, generate_prompts, prompt_text, split_prompts, vocabulary_words
 from drpo.world.judge import WorldJudge
-from drpo.world.render import SceneObject, relations, render, render_scene
+from drpo.world.render import SLOTS, SceneObject, noise_uniforms, relations, render, render_scene
 from drpo.world.rewards import CheckerReward, GradedCheckerReward
 
 GENEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval_evaluation_metadata.jsonl"
@@ -109,13 +109,14 @@ def test_vocabulary_covers_every_prompt_word():
 # --- renderer --------------------------------------------------------------------------------
 
 
-def test_render_is_deterministic_and_well_formed():
+@pytest.mark.parametrize("layout", ["slots", "free"])
+def test_render_is_deterministic_and_well_formed(layout):
     row = _row("counting", 5)
-    a = render(row, np.random.default_rng(7))
+    a = render(row, np.random.default_rng(7), layout=layout)
     assert a.dtype == np.uint8 and a.shape == (32, 32, 3)
-    assert np.array_equal(a, render(row, np.random.default_rng(7)))
-    assert not np.array_equal(a, render(row, np.random.default_rng(8)))
-    big, objs = render_scene(row, np.random.default_rng(0), size=64)
+    assert np.array_equal(a, render(row, np.random.default_rng(7), layout=layout))
+    assert not np.array_equal(a, render(row, np.random.default_rng(8), layout=layout))
+    big, objs = render_scene(row, np.random.default_rng(0), size=64, layout=layout)
     assert big.shape == (64, 64, 3) and len(objs) == row["include"][0]["count"]
     for i, o in enumerate(objs):  # no overlaps (gap kept)
         for p in objs[i + 1:]:
@@ -125,18 +126,55 @@ def test_render_is_deterministic_and_well_formed():
                np.random.default_rng(0))
 
 
+def test_noise_coupled_renders_are_a_function_of_the_noise_with_the_worlds_distribution():
+    row = _find("color_attr")
+    noise = np.random.default_rng(1).standard_normal((4, 8, 8))
+    _, a = render_scene(row, np.random.default_rng(1), noise=noise)
+    _, b = render_scene(row, np.random.default_rng(2), noise=noise)  # other rng: same layout
+    assert a == b
+    _, c = render_scene(row, np.random.default_rng(1), noise=-noise)
+    assert a != c
+    # Φ of 3 × 3-cell means: uniform on [0, 1), independent across the slots of a layout
+    rng = np.random.default_rng(3)
+    u = np.stack([noise_uniforms(rng.standard_normal((4, 8, 8)), SLOTS[4]) for _ in range(4000)])
+    assert u.min() >= 0 and u.max() < 1
+    hist = np.histogram(u.ravel(), bins=10, range=(0, 1))[0] / u.size
+    assert np.abs(hist - 0.1).max() < 0.01
+    assert np.abs(np.corrcoef(u[:, :, 1].T) - np.eye(4)).max() < 0.05  # sizes of the 4 slots
+    # free colours follow the noise: all six appear over random noise
+    colors = {render_scene(_row("single_object"), rng, noise=rng.standard_normal((4, 8, 8)))[1][0].color
+              for _ in range(200)}
+    assert len(colors) == 6
+    with pytest.raises(ValueError, match="noise must have shape"):
+        render(row, rng, noise=np.zeros((3, 8, 8)))
+    with pytest.raises(ValueError, match="needs layout='slots'"):
+        render(row, rng, layout="free", noise=noise)
+    with pytest.raises(ValueError, match="unknown layout 'grid'"):
+        render(row, rng, layout="grid")
+
+
+def test_slot_layouts_place_relations_on_their_side():
+    for rel, axis, sign in (("left of", 0, -1), ("right of", 0, 1), ("above", 1, -1), ("below", 1, 1)):
+        row = _find("position", rel=f" {rel} ")
+        for seed in range(20):
+            _, (first, related) = render_scene(row, np.random.default_rng(seed))
+            offset = (related.box[axis] + related.box[axis + 2]) - (first.box[axis] + first.box[axis + 2])
+            assert sign * offset >= 2 * 12, (rel, first.box, related.box)
+
+
 # --- checker ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("layout", ["slots", "free"])
 @pytest.mark.parametrize("tag", TAGS)
-def test_checker_accuracy_on_rendered_and_mismatched_images(tag):
+def test_checker_accuracy_on_rendered_and_mismatched_images(tag, layout):
     rng, pick = np.random.default_rng(100 + TAGS.index(tag)), random.Random(TAGS.index(tag))
     rows = all_rows(tag)
     right = wrong = n_wrong = 0
     n = 200
     for _ in range(n):
         row = pick.choice(rows)
-        image, drawn = render_scene(row, rng)
+        image, drawn = render_scene(row, rng, layout=layout)
         assert evaluate(drawn, row).correct  # the renderer satisfies its row
         right += check(image, row).correct
         others = [r for r in pick.sample(rows, min(len(rows), 8)) if not evaluate(drawn, r).correct]

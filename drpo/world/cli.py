@@ -104,9 +104,9 @@ def _add_train_base(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", required=True, help="training prompts (JSONL from `drpo world prompts`)")
     p.add_argument("--out", required=True, help="pipeline folder to write (a standard diffusers folder)")
     p.add_argument("--resolution", type=int, default=d.resolution)
-    p.add_argument("--vae-steps", type=int, default=d.vae_steps)
-    p.add_argument("--regression-steps", type=int, default=d.regression_steps)
-    p.add_argument("--drift-steps", type=int, default=d.drift_steps)
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE reconstruction steps")
+    p.add_argument("--regression-steps", type=int, default=d.regression_steps,
+                   help="UNet + text encoder steps on noise-coupled renders")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -116,7 +116,7 @@ def _run_train_base(args: argparse.Namespace) -> int:
 
     _threads(args)
     recipe = BaseRecipe(resolution=args.resolution, vae_steps=args.vae_steps, regression_steps=args.regression_steps,
-                        drift_steps=args.drift_steps, seed=args.seed)
+                        seed=args.seed)
     out = train_base(args.prompts, args.out, recipe, log=lambda m: print(m, flush=True))
     print(f"wrote {out} (samples: {out / 'samples.png'})")
     return 0

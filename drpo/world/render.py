@@ -3,11 +3,22 @@
 Flat shapes on a light grey background with slight pixel noise; objects never overlap and keep a
 gap, so the checker can segment them; position relations hold with a margin (and are stable under
 small box changes), so a rendered image is unambiguous for GenEval's rules. Pure numpy.
+
+Two layouts. `slots` (the world's data): objects sit in a fixed arrangement per object count (a
+relation puts the related object on its side), each with its own size, a ±1 px offset and, where
+the prompt names none, a colour. `free`: anywhere, rejection-sampled (the checker is tested on both).
+
+In the slot layout these per-object draws can be read from a latent noise tensor instead of the
+rng (`noise=`): the uniforms of object k are Φ of the noise's channel means over the latent cells
+around its slot. Pairing each render with the noise it was drawn from makes noise → image a
+function a one-step generator can regress (drpo.world.base), while over random noise the renders
+keep the same distribution.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,6 +39,22 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 assert tuple(PALETTE) == COLORS
 
 SIZE_RANGE = (0.25, 0.375)  # object side as a fraction of the image side (8..12 px at 32)
+LAYOUTS = ("slots", "free")
+# Slot centres (x, y) as fractions of the side, by object count: 16 px apart at 32, so two 12 px
+# objects offset by 1 px toward each other still keep a 2 px gap.
+SLOTS: dict[int, tuple[tuple[float, float], ...]] = {
+    1: ((0.5, 0.5),),
+    2: ((0.25, 0.5), (0.75, 0.5)),
+    3: ((0.25, 0.25), (0.75, 0.25), (0.5, 0.75)),
+    4: ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)),
+}
+# GenEval's position rows: (first object's slot, related object's slot) for "related <rel> first".
+RELATION_SLOTS: dict[str, tuple[tuple[float, float], ...]] = {
+    "left of": ((0.75, 0.5), (0.25, 0.5)),
+    "right of": ((0.25, 0.5), (0.75, 0.5)),
+    "above": ((0.5, 0.75), (0.5, 0.25)),
+    "below": ((0.5, 0.25), (0.5, 0.75)),
+}
 COLOR_JITTER = 10  # per-object uniform jitter of each channel
 NOISE = 3  # per-pixel uniform noise amplitude
 
@@ -104,16 +131,20 @@ def stable_relations(box_a, box_b) -> set[str] | None:
     return strict if loose == strict else None
 
 
-def _objects_for(row: dict, rng: np.random.Generator) -> list[tuple[str, str, int]]:
-    """(shape, colour, clause index) of every object the row asks for; free colours at random."""
+def _clauses(row: dict) -> list[tuple[str, str | None, int]]:
+    """(shape, colour or None, clause index) of every object the row asks for."""
     out = []
     for i, clause in enumerate(row["include"]):
-        for _ in range(int(clause["count"])):
-            color = clause.get("color") or COLORS[int(rng.integers(len(COLORS)))]
-            if color not in PALETTE:
-                raise ValueError(f"row {row.get('prompt')!r}: colour {color!r} is not a world colour ({', '.join(COLORS)})")
-            out.append((clause["class"], color, i))
+        color = clause.get("color")
+        if color is not None and color not in PALETTE:
+            raise ValueError(f"row {row.get('prompt')!r}: colour {color!r} is not a world colour ({', '.join(COLORS)})")
+        out += [(clause["class"], color, i)] * int(clause["count"])
     return out
+
+
+def _objects_for(row: dict, rng: np.random.Generator) -> list[tuple[str, str, int]]:
+    """(shape, colour, clause index) of every object the row asks for; free colours at random."""
+    return [(cls, col or COLORS[int(rng.integers(len(COLORS)))], i) for cls, col, i in _clauses(row)]
 
 
 def _free(box, boxes, gap: int) -> bool:
@@ -154,14 +185,73 @@ def _place_related(sides: list[int], size: int, rng: np.random.Generator, gap: i
     return [a, (bx, by, bx + sb, by + sb)]
 
 
-def render_scene(row: dict, rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, list[SceneObject]]:
-    """An image (size, size, 3) uint8 satisfying `row`, and the objects drawn in it."""
+def noise_uniforms(noise: np.ndarray, slots: Sequence[tuple[float, float]]) -> np.ndarray:
+    """(len(slots), 4) uniforms in [0, 1) read from latent noise (C >= 4, h, w >= 3) around each slot.
+
+    The mean of 3 × 3 standard-normal cells has standard deviation 1/3, so Φ(3·mean) is uniform;
+    slots of one layout read disjoint cells, so their draws are independent.
+    """
+    noise = np.asarray(noise, np.float64)
+    if noise.ndim != 3 or noise.shape[0] < 4 or min(noise.shape[1:]) < 3:
+        raise ValueError(f"noise must have shape (C >= 4, h >= 3, w >= 3) like a latent; got {noise.shape}")
+    _, h, w = noise.shape
+    out = np.empty((len(slots), 4))
+    for k, (fx, fy) in enumerate(slots):
+        cy, cx = min(max(int(fy * h), 1), h - 2), min(max(int(fx * w), 1), w - 2)
+        means = noise[:4, cy - 1:cy + 2, cx - 1:cx + 2].mean(axis=(1, 2))
+        out[k] = [0.5 * (1.0 + math.erf(3.0 * m / math.sqrt(2.0))) for m in means]
+    return np.minimum(out, np.nextafter(1.0, 0.0))
+
+
+def _slot_layout(row: dict, n: int) -> tuple[tuple[float, float], ...]:
+    position = [c["position"] for c in row["include"] if "position" in c]
+    if position:
+        if n != 2 or position[0][1] != 0:
+            raise ValueError(f"row {row.get('prompt')!r}: the slot layout places a relation between exactly two "
+                             f"objects, the second relative to the first; use layout='free'")
+        return RELATION_SLOTS[position[0][0]]
+    if n not in SLOTS:
+        raise ValueError(f"row {row.get('prompt')!r}: the slot layout holds 1 to {max(SLOTS)} objects, not {n}")
+    return SLOTS[n]
+
+
+def _slot_boxes(slots, uniforms: np.ndarray, size: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
+    """Boxes from per-object uniforms (colour, side, x offset, y offset): side lo..hi, offset ±jitter."""
+    jitter = max(1, size // 32)
+    boxes = []
+    for (fx, fy), u in zip(slots, uniforms):
+        side = lo + int(u[1] * (hi - lo + 1))
+        dx, dy = (int(v * (2 * jitter + 1)) - jitter for v in u[2:4])
+        x0 = min(max(round(fx * size + dx - side / 2), 1), size - 1 - side)
+        y0 = min(max(round(fy * size + dy - side / 2), 1), size - 1 - side)
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return boxes
+
+
+def render_scene(row: dict, rng: np.random.Generator, size: int = 32, layout: str = "slots",
+                 noise: np.ndarray | None = None) -> tuple[np.ndarray, list[SceneObject]]:
+    """An image (size, size, 3) uint8 satisfying `row`, and the objects drawn in it.
+
+    `noise` (slot layout only): read each object's size, offset and free colour from this latent
+    noise instead of `rng` (see the module docstring); colour jitter and pixel noise stay random.
+    """
     validate_row(row)
     if size < 16:
         raise ValueError(f"render: size {size} is too small for the world's shapes; use 16 or more")
+    if layout not in LAYOUTS:
+        raise ValueError(f"render: unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
+    if noise is not None and layout != "slots":
+        raise ValueError("render: noise= reads the slot layout's draws; it needs layout='slots'")
+    lo, hi = (max(5, round(f * size)) for f in SIZE_RANGE)
+    if layout == "slots":
+        n = sum(int(c["count"]) for c in row["include"])
+        slots = _slot_layout(row, n)
+        uniforms = noise_uniforms(noise, slots) if noise is not None else rng.random((n, 4))
+        specs = [(cls, col or COLORS[int(u[0] * len(COLORS))], i)
+                 for (cls, col, i), u in zip(_clauses(row), uniforms)]
+        return _draw(specs, _slot_boxes(slots, uniforms, size, lo, hi), rng, size)
     specs = _objects_for(row, rng)
     gap = max(2, size // 16)
-    lo, hi = (max(5, round(f * size)) for f in SIZE_RANGE)
     position = [(i, c["position"]) for i, c in enumerate(row["include"]) if "position" in c]
     first_of = {}
     for k, (_, _, i) in enumerate(specs):
@@ -183,7 +273,10 @@ def render_scene(row: dict, rng: np.random.Generator, size: int = 32) -> tuple[n
         boxes = None
     if boxes is None:
         raise ValueError(f"could not place the objects of {row.get('prompt')!r} in a {size}px image; use a larger size")
+    return _draw(specs, boxes, rng, size)
 
+
+def _draw(specs, boxes, rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[SceneObject]]:
     image = np.empty((size, size, 3), np.int16)
     image[:] = BACKGROUND
     objects = []
@@ -196,6 +289,7 @@ def render_scene(row: dict, rng: np.random.Generator, size: int = 32) -> tuple[n
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
-def render(row: dict, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+def render(row: dict, rng: np.random.Generator, size: int = 32, layout: str = "slots",
+           noise: np.ndarray | None = None) -> np.ndarray:
     """An image (size, size, 3) uint8 that satisfies the GenEval-format `row`."""
-    return render_scene(row, rng, size)[0]
+    return render_scene(row, rng, size, layout, noise)[0]

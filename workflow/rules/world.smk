@@ -22,7 +22,7 @@ rule world_base:
     shell:
         job("world_base") + "drpo world train-base --prompts {input} --out {params.out} "
         "--resolution {W[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
-        "--drift-steps {params.base[drift_steps]} --seed {W[seed]} --threads {threads} > {log} 2>&1"
+        "--seed {W[seed]} --threads {threads} > {log} 2>&1"
 
 
 rule world_reward_model:
