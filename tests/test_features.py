@@ -276,6 +276,28 @@ def dino_path(tmp_path_factory):
     return folder
 
 
+def test_clip_image_embeds_match_the_models_own_and_carry_gradients(tmp_path):
+    from transformers import CLIPModel
+
+    from drpo.models.tiny import build_tiny_clip
+
+    build_tiny_clip(tmp_path / "clip", image_size=32, patch_size=8, hidden=32, projection=16, layers=2)
+    fm = build_feature_map("clip", path=str(tmp_path / "clip"))
+    assert fm.input_kind == "pixels" and list(fm.keys) == ["image_embeds", "layer2_patch_mean", "layer2_patch_std"]
+    x = (torch.rand(3, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    feats = fm(x)
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "image_embeds": (3, 1, 16), "layer2_patch_mean": (3, 1, 32), "layer2_patch_std": (3, 1, 32)}
+    model = CLIPModel.from_pretrained(tmp_path / "clip").eval()
+    pixels = ((x.detach() + 1) / 2 - torch.tensor(fm.mean).view(1, 3, 1, 1)) / torch.tensor(fm.std).view(1, 3, 1, 1)
+    own = model.get_image_features(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(feats["image_embeds"][:, 0], torch.nn.functional.normalize(own, dim=-1), rtol=1e-4, atol=1e-5)
+    _sum(feats).backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in fm.parameters())
+    with pytest.raises(ValueError, match="outside"):
+        build_feature_map("clip", path=str(tmp_path / "clip"), keys=["layer5_patch_mean"])
+
+
 def test_dinov2_layers_keys_pooled_windows_and_gradients(dino_path):
     fm = build_feature_map("dinov2", path=str(dino_path), layers=[1, 3])
     assert fm.size == 32 and fm.input_kind == "pixels"  # the processor's crop size

@@ -37,6 +37,7 @@ LAYER4_KEYS = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "la
 LATENT_KEYS = ("latent_mean", "latent_std", "latent_mean_2", "latent_std_2", "latent_mean_4", "latent_std_4")
 TEACHER_BLOCKS = ("down_blocks.2", "mid_block", "up_blocks.0")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,6 +350,45 @@ class DINOv2Features(FeatureMap):
         return self.select(feats)
 
 
+class CLIPFeatures(FeatureMap):
+    """A CLIP image tower on decoded pixels (PickScore's, or the shapes world's reward model):
+    statistics of hidden state L as for ViT-MAE (`layer{L}_patch_mean`, `_patch_std`, `_cls`), and
+    `image_embeds`, the projected, L2-normalised image embedding the reward itself compares with text.
+    Only the features are used, never the reward's score: the reward stays a black box."""
+
+    input_kind = "pixels"
+
+    def __init__(self, path: str | os.PathLike = "yuvalkirstain/PickScore_v1", keys: Sequence[str] | None = None):
+        from transformers import CLIPModel
+
+        from drpo.hub import resolve_model
+
+        folder = resolve_model(path, what="CLIP feature model")
+        model = CLIPModel.from_pretrained(folder)
+        depth = model.config.vision_config.num_hidden_layers
+        super().__init__(keys or ("image_embeds", f"layer{depth}_patch_mean", f"layer{depth}_patch_std"))
+        layer_keys = [k for k in self.keys if k != "image_embeds"]
+        self.layers = _key_layers(layer_keys, "clip", re.compile(r"^layer\d+_(patch_mean|patch_std|cls)$"))
+        if self.layers and not 1 <= min(self.layers) <= max(self.layers) <= depth:
+            raise ValueError(f"clip: layers {list(self.layers)} outside 1..{depth} of {folder}")
+        proc = processor_config(folder)
+        self.size = int(_processor_size(proc) or model.config.vision_config.image_size)
+        self.mean = tuple(proc.get("image_mean", CLIP_MEAN))
+        self.std = tuple(proc.get("image_std", CLIP_STD))
+        self.vision, self.projection = model.vision_model, model.visual_projection
+        self.freeze()
+
+    def forward(self, x: Tensor, cond: dict | None = None) -> dict[str, Tensor]:
+        pixels = preprocess_pixels(x, self.size, self.mean, self.std, self.projection.weight.dtype)
+        out = self.vision(pixel_values=pixels, output_hidden_states=True)
+        feats: dict[str, Tensor] = {}
+        for layer in self.layers:
+            feats.update(_token_stats(out.hidden_states[layer], f"layer{layer}"))
+        if "image_embeds" in self.keys:
+            feats["image_embeds"] = F.normalize(self.projection(out.pooler_output).float(), dim=-1).unsqueeze(1)
+        return self.select(feats)
+
+
 # ----------------------------------------------------------------------------------------------
 # teacher UNet
 
@@ -473,6 +513,7 @@ FEATURE_MAPS: dict[str, type[FeatureMap]] = {
     "latent_mae": LatentMAEFeatures,
     "vit_mae": ViTMAEFeatures,
     "dinov2": DINOv2Features,
+    "clip": CLIPFeatures,
     "teacher_unet": TeacherUNetFeatures,
 }
 
