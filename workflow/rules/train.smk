@@ -12,6 +12,9 @@ def train_inputs(wildcards):
         out["reward"] = reward_inputs(config["rewards"][spec["reward"]])
     if spec["method"] == "drpo_offline":
         out["dataset"] = wf.dataset_path(config, spec["dataset"])
+    feature_model = wf.train_config(config, wildcards.run).get("features", {}).get("options", {}).get("path", "")
+    if feature_model.startswith(R):  # a feature map the workflow builds (the world's CLIP)
+        out["features"] = f"{feature_model}/config.json"
     return out
 
 
