@@ -29,10 +29,13 @@ _files = [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yam
 _loaded = {}
 for _f in _files:
     _loaded = wf.deep_merge(_loaded, wf.load_yaml(_f))
+# only the --config KEY=VALUE overrides go on top (`config` also holds the config file's own,
+# un-rerooted values)
+_overrides = dict(workflow.config_settings.config or {})
 # `--config results=DIR` moves every output, the world's models and the SQLite store with it
-if "results" in config and config["results"] != _loaded.get("results", "results"):
-    _loaded = wf.reroot_results(_loaded, _loaded.get("results", "results"), config["results"])
-_validated = wf.validate_config(wf.deep_merge(_loaded, config), source=", ".join(_files))
+if "results" in _overrides and _overrides["results"] != _loaded.get("results", "results"):
+    _loaded = wf.reroot_results(_loaded, _loaded.get("results", "results"), _overrides["results"])
+_validated = wf.validate_config(wf.deep_merge(_loaded, _overrides), source=", ".join(_files))
 config.clear()
 config.update(_validated)
 R = wf.results_dir(config)

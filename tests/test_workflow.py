@@ -117,6 +117,18 @@ def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
     assert one["tables"] == 1 and "report_html" not in one
 
 
+def test_a_world_configfile_moves_with_results(tmp_path):
+    # --configfile puts the file's own values into Snakemake's config: the `results=` reroot must
+    # still apply to them (the world's model path used to stay under ./results and fail)
+    world = tmp_path / "world.yaml"
+    world.write_text((ROOT / "config" / "config.yaml").read_text().replace("experiment: drpo-shapes", "experiment: other"))
+    out = _dry_run("all", "--configfile", str(world), "--config", f"results={tmp_path}/out")
+    counts = _job_counts(out)
+    assert counts["world_base"] == 1 and counts["train"] == len(wf.runs(wf.validate_config(default_config())))
+    listed = _dry_run(f"{tmp_path}/out/world/base/model_index.json", "--configfile", str(world), "--config", f"results={tmp_path}/out")
+    assert _job_counts(listed)["world_base"] == 1
+
+
 @pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])
 def test_dry_run_of_the_paper_configs_needs_no_weights(name):
     path = PAPER / f"{name}.yaml"
