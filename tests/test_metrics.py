@@ -204,6 +204,26 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift(tmp_path):
     assert not torch.equal(ext(imgs), RandomConvExtractor(dim=8, size=16, seed=1)(imgs))
 
 
+def test_paired_distance_matches_pairs_by_prompt_and_seed(tmp_path):
+    from drpo.eval.fid import paired_distance
+
+    ext = RandomConvExtractor(dim=8, size=16, seed=0)
+    a = write_manifest(tmp_path / "a", prompts=6, seeds=(42, 43))
+    a2 = write_manifest(tmp_path / "a2", prompts=6, seeds=(43,))  # a subset: the seed-43 half pairs up
+    b = write_manifest(tmp_path / "b", prompts=6, seeds=(42, 43), shift=30)
+    c = write_manifest(tmp_path / "c", prompts=6, seeds=(42, 43), shift=90)
+    same = paired_distance(a, a2, ext)
+    assert same["n_pairs"] == 6 and same["l2"] < 1e-5 and abs(same["cosine"]) < 1e-6
+    near, far = paired_distance(a, b, ext), paired_distance(a, c, ext)
+    assert near["n_pairs"] == far["n_pairs"] == 12 and 0 < near["l2"] < far["l2"]
+    fa, _ = manifest_features(a, ext)
+    fb, _ = manifest_features(b, ext)
+    assert near["l2"] == pytest.approx(float(np.linalg.norm(fa - fb, axis=1).mean()), rel=1e-5)
+    other = write_manifest(tmp_path / "other", prompts=2, seeds=(7,))
+    with pytest.raises(ValueError, match="share no"):
+        paired_distance(a, other, ext)
+
+
 def test_inception_missing_file_says_what_and_how(tmp_path):
     with pytest.raises(FileNotFoundError, match=INCEPTION_FILE) as err:
         InceptionExtractor(tmp_path)

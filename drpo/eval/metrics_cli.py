@@ -2,6 +2,7 @@
 
     drpo score --manifest M --reward pickscore [--options JSON] --out scores.parquet --summary s.json
     drpo score --manifest M --fid-ref BASE_MANIFEST --extractor inception --extractor-options '{"path": "..."}' --summary s.json
+    drpo score --manifest M --distance-ref BASE_MANIFEST --extractor clip --extractor-options '{"path": "..."}' --summary s.json
     drpo score --manifest M --diversity --extractor clip --extractor-options '{"path": "..."}' --summary s.json
     drpo score --geneval-results results.jsonl --summary s.json         # GenEval's own evaluator output
     drpo score --manifest M --world-geneval --summary s.json             # the shapes world's checker
@@ -23,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--reward", help="any drpo reward name (pickscore, aesthetic, imagereward, hpsv2, clip, world_checker, ...)")
     mode.add_argument("--fid-ref", help="FID of --manifest against this manifest (e.g. the base model's samples)")
     mode.add_argument("--diversity", action="store_true", help="mean pairwise cosine distance of image features")
+    mode.add_argument("--distance-ref", help="mean feature distance to this manifest's image of the same prompt and seed "
+                                             "(how far fine-tuning moved the samples from, e.g., the base model's)")
     mode.add_argument("--geneval-results", help="GenEval's evaluator results JSONL (rows with tag, correct) → GenEval summary")
     mode.add_argument("--world-geneval", action="store_true", help="GenEval summary of a shapes-world manifest with the world's checker")
     parser.add_argument("--options", default="{}", help="reward options as JSON (e.g. '{\"path\": \"models/PickScore_v1\"}')")
     parser.add_argument("--metric", help="metric name in the score file (default: the reward name)")
-    parser.add_argument("--extractor", default="inception", help="features for --fid-ref/--diversity: inception, random_conv, clip, dinov2")
+    parser.add_argument("--extractor", default="inception", help="features for --fid-ref/--distance-ref/--diversity: inception, random_conv, clip, dinov2")
     parser.add_argument("--extractor-options", default="{}", help="extractor options as JSON (inception/clip/dinov2 need path)")
     parser.add_argument("--out", help="per-image score parquet (--reward; default <manifest folder>/scores.parquet)")
     parser.add_argument("--summary", help="summary JSON to write (printed either way)")
@@ -78,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     elif args.world_geneval:
         df = M.world_correctness(args.manifest, progress=not args.no_progress)
         summary = {"kind": "geneval", **_provenance(args.manifest), **M.geneval_summary(df)}
-    elif args.fid_ref or args.diversity:
+    elif args.fid_ref or args.diversity or args.distance_ref:
         from drpo.eval.fid import build_extractor
 
         extractor = build_extractor(args.extractor, device=device, **_json_arg(args.extractor_options, "--extractor-options"))
@@ -88,6 +91,12 @@ def main(args: argparse.Namespace) -> int:
             value = fid_between(args.manifest, args.fid_ref, extractor, batch_size=args.batch_size, cache=not args.no_cache)
             summary = {"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
                        "reference": _provenance(args.fid_ref), **_provenance(args.manifest)}
+        elif args.distance_ref:
+            from drpo.eval.fid import paired_distance
+
+            d = paired_distance(args.manifest, args.distance_ref, extractor, batch_size=args.batch_size, cache=not args.no_cache)
+            summary = {"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
+                       "reference": _provenance(args.distance_ref), **_provenance(args.manifest)}
         else:
             from drpo.eval.diversity import manifest_diversity
 
@@ -106,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
         if df["tag"].notna().all() and set(df["score"].unique()) <= {0.0, 1.0}:
             summary["geneval"] = M.geneval_summary(M.correctness_from_scores(df))
     else:
-        raise ValueError("choose what to compute: --reward, --fid-ref, --diversity, --geneval-results or --world-geneval")
+        raise ValueError("choose what to compute: --reward, --fid-ref, --distance-ref, --diversity, --geneval-results or --world-geneval")
 
     text = json.dumps(summary, indent=2, sort_keys=True, default=str)
     if args.summary:
