@@ -234,7 +234,9 @@ def test_profile_runs_train_config_jobs_through_slurm(local_slurm):
         assert f"wildcards: run={run}" in text, text[-2000:]
 
     # 3. the outputs are the TrainConfigs the workflow defines for these runs
-    config = wf.validate_config(deep_merge(load_yaml(ROOT / "config" / "config.yaml"), overrides))
+    # as the Snakefile does: `results=` moves the default's own results/ paths (the feature model's)
+    default = wf.reroot_results(load_yaml(ROOT / "config" / "config.yaml"), "results", str(results))
+    config = wf.validate_config(deep_merge(default, overrides))
     for run in RUNS:
         written = yaml.safe_load((results / "runs" / run / "train.yaml").read_text())
         train_config_from_dict(written, source=f"{run}/train.yaml")  # raises on any invalid key or value
