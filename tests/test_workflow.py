@@ -127,6 +127,12 @@ def test_a_world_configfile_moves_with_results(tmp_path):
     assert counts["world_base"] == 1 and counts["train"] == len(wf.runs(wf.validate_config(default_config())))
     listed = _dry_run(f"{tmp_path}/out/world/base/model_index.json", "--configfile", str(world), "--config", f"results={tmp_path}/out")
     assert _job_counts(listed)["world_base"] == 1
+    # the long world study (issue 5's comparison) is the same world with 400-update runs
+    long = ROOT / "config" / "world-long.yaml"
+    counts = _job_counts(_dry_run("all", "--configfile", str(long), "--config", f"results={tmp_path}/long"))
+    runs = wf.runs(wf.validate_config(yaml.safe_load(long.read_text())))
+    assert counts["world_base"] == 1 and counts["train"] == len(runs) == 5
+    assert {wf.train_config(wf.validate_config(yaml.safe_load(long.read_text())), r)["steps"] for r in runs} == {400}
 
 
 @pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])
