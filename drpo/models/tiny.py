@@ -82,6 +82,23 @@ def _vae(resolution: int, channels: Sequence[int], latent_channels: int, scaling
     )
 
 
+def _save_sd_pipeline(folder, vae, text_encoder, tokenizer, unet, prediction_type: str) -> Path:
+    """A StableDiffusionPipeline folder with SD-Turbo's scheduler (trailing spacing, one step)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, timestep_spacing="trailing", steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_sd_turbo(
     folder: str | Path,
     *,
@@ -97,7 +114,7 @@ def build_tiny_sd_turbo(
 ) -> Path:
     """A StableDiffusionPipeline folder with SD-Turbo's classes and scheduler, tiny and random."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -112,17 +129,7 @@ def build_tiny_sd_turbo(
         up_block_types=("CrossAttnUpBlock2D",) * len(unet_channels),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8,
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type=prediction_type, timestep_spacing="trailing", steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    folder = Path(folder)
-    pipe.save_pretrained(folder)
-    return folder
+    return _save_sd_pipeline(folder, vae, text_encoder, tokenizer, unet, prediction_type)
 
 
 def build_sd_turbo_sized(folder: str | Path, *, resolution: int = 512, seed: int = 0, text_layers: int = 2) -> Path:
@@ -132,7 +139,7 @@ def build_sd_turbo_sized(folder: str | Path, *, resolution: int = 512, seed: int
     a shallow CLIP of the right width (1024), since prompt encoding is not what a benchmark times.
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     if resolution % 8:
@@ -153,17 +160,7 @@ def build_sd_turbo_sized(folder: str | Path, *, resolution: int = 512, seed: int
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
         attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        timestep_spacing="trailing", steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    folder = Path(folder)
-    pipe.save_pretrained(folder)
-    return folder
+    return _save_sd_pipeline(folder, vae, text_encoder, tokenizer, unet, "epsilon")
 
 
 def build_tiny_sdxl_turbo(
