@@ -79,16 +79,18 @@ def bench_update(args) -> dict:
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        resolution = args.resolution or (512 if args.generator == "sd-turbo" else 32)
         if args.generator == "sd-turbo":  # the real architecture, random weights: the paper's regime on a GPU
-            model = build_sd_turbo_sized(tmp / "model", resolution=args.resolution or 512)
+            model = build_sd_turbo_sized(tmp / "model", resolution=resolution)
         else:
-            model = build_tiny_sd_turbo(tmp / "model", resolution=args.resolution or 32, unet_channels=(64, 128), cross_attention_dim=64)
+            model = build_tiny_sd_turbo(tmp / "model", resolution=resolution, unet_channels=(64, 128), cross_attention_dim=64)
         unet_params = sum(p.numel() for p in OneStepGenerator.from_pretrained(model).unet.parameters())
         (tmp / "prompts.txt").write_text("\n".join(f"a photo of a red circle number {i}" for i in range(64)) + "\n")
         rows = []
         for ratio in args.reward_ratio:
             reward = tmp / f"reward_{ratio:g}"
-            reward_params = _reward_clip(reward, int(ratio * unet_params), min(args.resolution or 224, 224))
+            # the reward sees the generated images, at most at CLIP's 224 px
+            reward_params = _reward_clip(reward, int(ratio * unet_params), min(resolution, 224))
             row = {"reward_ratio_target": ratio, "reward_params": reward_params, "unet_params": unet_params,
                    "reward_ratio": reward_params / unet_params}
             for method in ("drpo", "draft"):
@@ -154,10 +156,8 @@ def bench_drift(args) -> dict:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / reps
 
-    peaks: list[float | None] = []
-
-    def case(b, n, p, m, d, radii, separate: bool = False):
-        """Seconds of one forward + backward over b sets: in one call, or one call per set."""
+    def case(b, n, p, m, d, radii, separate: bool = False) -> tuple[float, float | None]:
+        """(seconds, peak MiB) of one forward + backward over b sets: in one call, or one call per set."""
         x = torch.randn(b, n, d, device=device, requires_grad=True)
         yp, yn = torch.randn(b, p, d, device=device), torch.randn(b, m, d, device=device)
 
@@ -168,9 +168,7 @@ def bench_drift(args) -> dict:
             else:
                 drift_loss(x, yp, yn, 3000.0, 3000.0, radii).loss.sum().backward()
 
-        sec = timed(run)
-        peaks.append(_peak_mib(run, device))
-        return sec
+        return timed(run), _peak_mib(run, device)
 
     rows = []
     base = dict(b=1, n=24, p=8, m=8, d=512, radii=(0.02, 0.05, 0.2))
@@ -180,18 +178,18 @@ def bench_drift(args) -> dict:
             params = {**base, name: v}
             if name == "n":
                 params.update(p=v // 3, m=v // 3)
-            sec = case(params["b"], params["n"], params["p"], params["m"], params["d"], params["radii"])
+            sec, peak_mib = case(params["b"], params["n"], params["p"], params["m"], params["d"], params["radii"])
             rows.append({"vary": name, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
-                         "seconds": sec, "seconds_per_set": sec / params["b"], "peak_mib": peaks[-1]})
-            peak = f", peak {peaks[-1]:.1f} MiB" if peaks[-1] is not None else ""
+                         "seconds": sec, "seconds_per_set": sec / params["b"], "peak_mib": peak_mib})
+            peak = f", peak {peak_mib:.1f} MiB" if peak_mib is not None else ""
             print(f"{name}={v}: {sec * 1e3:.2f} ms ({sec / params['b'] * 1e3:.2f} ms per set{peak})", flush=True)
     # B prompts batched along B against B separate calls, small sets to large
     batching = []
     for n in (24, 96, 384):
-        separate = case(8, n, n // 3, n // 3, 512, base["radii"], separate=True)
-        batched = case(8, n, n // 3, n // 3, 512, base["radii"])
+        separate, separate_peak = case(8, n, n // 3, n // 3, 512, base["radii"], separate=True)
+        batched, batched_peak = case(8, n, n // 3, n // 3, 512, base["radii"])
         batching.append({"B": 8, "n": n, "batched_s": batched, "separate_s": separate, "ratio": batched / separate,
-                         "batched_peak_mib": peaks[-1], "separate_peak_mib": peaks[-2]})
+                         "batched_peak_mib": batched_peak, "separate_peak_mib": separate_peak})
         print(f"N={n}: 8 prompts batched along B {batched * 1e3:.1f} ms vs 8 separate calls {separate * 1e3:.1f} ms", flush=True)
     result = {"benchmark": "drift", "device": str(device), "rows": rows, "batched_vs_separate": batching, **_machine()}
     write_json(Path(args.out) / "drift.json", result)

@@ -132,7 +132,17 @@ def test_a_world_configfile_moves_with_results(tmp_path):
     counts = _job_counts(_dry_run("all", "--configfile", str(long), "--config", f"results={tmp_path}/long"))
     runs = wf.runs(wf.validate_config(yaml.safe_load(long.read_text())))
     assert counts["world_base"] == 1 and counts["train"] == len(runs) == 5
-    assert {wf.train_config(wf.validate_config(yaml.safe_load(long.read_text())), r)["steps"] for r in runs} == {400}
+    # and it stays the embedded default but for what it means to change (a copy must not drift)
+    long_cfg, default = wf.validate_config(yaml.safe_load(long.read_text())), wf.validate_config(default_config())
+    for key in ("results", "tracking", "threads", "world", "prompt_sets", "models", "rewards"):
+        assert long_cfg[key] == default[key], key
+    assert {k: v for k, v in long_cfg["evaluation"].items() if k != "judge"} == \
+        {k: v for k, v in default["evaluation"].items() if k != "judge"}
+    for run in runs:
+        ours, theirs = wf.train_config(long_cfg, run), wf.train_config(default, run)
+        assert ours["steps"] == 400
+        changed = {"steps", "checkpoint", "tracking"}
+        assert {k: v for k, v in ours.items() if k not in changed} == {k: v for k, v in theirs.items() if k not in changed}
 
 
 @pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])

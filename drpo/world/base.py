@@ -85,6 +85,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     work = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(work, ignore_errors=True)
     words = sorted(set(vocabulary_words()) | {w for r in rows for w in r["prompt"].split()})
+    # v-prediction keeps the one-step jump well-conditioned (ε would amplify UNet error ×14.6 at t = 999)
     build_tiny_sd_turbo(
         work, resolution=recipe.resolution, words=words, seed=recipe.seed, unet_channels=recipe.unet_channels,
         vae_channels=recipe.vae_channels, cross_attention_dim=recipe.text_width, prediction_type="v_prediction",
@@ -126,7 +127,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
         idx = draw(recipe.prompts_per_step)
         noise = gen.sample_noise(len(idx))
         with torch.no_grad():
-            target = gen.encode_images(_images([rows[i] for i in idx], rng, recipe.resolution, noise))
+            target = gen.encode_images(_images([rows[i] for i in idx], rng, recipe.resolution, noise.cpu()))
         latents = gen.generate(noise, PromptEmbeds(text(tokens[torch.from_numpy(idx)])[0]))
         loss = F.mse_loss(latents, target)
         opt.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@
     drpo world prompts --split test --n-train 400 --n-test 120 --seed 0 --out test.jsonl
     drpo world prompts --split both --n-train 400 --n-test 120 --out world.jsonl   # world_{train,test}.jsonl
     drpo world render --prompts test.jsonl --out grid.png
-    drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~4 min on 2 cores
+    drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~5 min on 2 cores
     drpo world train-reward --prompts world_train.jsonl --out results/world/reward_model
     drpo world pairs --prompts world_train.jsonl --out results/world/pairs/pairs.jsonl
 """

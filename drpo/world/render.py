@@ -244,11 +244,10 @@ def render_scene(row: dict, rng: np.random.Generator, size: int = 32, layout: st
         raise ValueError("render: noise= reads the slot layout's draws; it needs layout='slots'")
     lo, hi = (max(5, round(f * size)) for f in SIZE_RANGE)
     if layout == "slots":
-        n = sum(int(c["count"]) for c in row["include"])
-        slots = _slot_layout(row, n)
-        uniforms = noise_uniforms(noise, slots) if noise is not None else rng.random((n, 4))
-        specs = [(cls, col or COLORS[int(u[0] * len(COLORS))], i)
-                 for (cls, col, i), u in zip(_clauses(row), uniforms)]
+        clauses = _clauses(row)
+        slots = _slot_layout(row, len(clauses))
+        uniforms = noise_uniforms(noise, slots) if noise is not None else rng.random((len(slots), 4))
+        specs = [(cls, col or COLORS[int(u[0] * len(COLORS))], i) for (cls, col, i), u in zip(clauses, uniforms)]
         return _draw(specs, _slot_boxes(slots, uniforms, size, lo, hi), rng, size)
     specs = _objects_for(row, rng)
     gap = max(2, size // 16)
