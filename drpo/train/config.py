@@ -38,6 +38,7 @@ class PromptConfig:
     path: str = ""  # JSONL (prompt, prompt_id, metadata...) or plain text, one prompt a line
     shuffle_seed: int = 42
     max_prompts: int | None = None
+    balance: str | None = None  # a metadata key (GenEval: "tag") whose values are trained equally often
 
 
 @dataclass

@@ -46,17 +46,48 @@ def load_prompt_rows(path: str | Path, max_prompts: int | None = None) -> list[d
 
 
 class PromptSchedule:
-    """Shuffled once with a seed (as the authors' trainers do), then read in order, cyclically."""
+    """Shuffled once with a seed (as the authors' trainers do), then read in order, cyclically.
 
-    def __init__(self, rows: list[dict], shuffle_seed: int, micro_steps_per_update: int, prompts_per_micro: int):
-        self.rows = list(rows)
-        random.Random(shuffle_seed).shuffle(self.rows)
+    `balance` names a metadata key (e.g. GenEval's `tag`): each of its values is then seen equally
+    often, smaller groups cycling through their prompts, so a training set that is mostly one tag
+    still trains every tag as often as a near-balanced test set asks.
+    """
+
+    def __init__(self, rows: list[dict], shuffle_seed: int, micro_steps_per_update: int, prompts_per_micro: int,
+                 balance: str | None = None):
+        rng = random.Random(shuffle_seed)
+        self.rows = balanced_order(rows, balance, rng) if balance else list(rows)
+        if not balance:
+            rng.shuffle(self.rows)
         self.per_update = micro_steps_per_update  # grad_accum × world size
         self.per_micro = prompts_per_micro
 
     def batch(self, update: int, global_micro: int) -> list[dict]:
         start = (update * self.per_update + global_micro) * self.per_micro
         return [self.rows[(start + j) % len(self.rows)] for j in range(self.per_micro)]
+
+
+def balanced_order(rows: list[dict], key: str, rng: random.Random) -> list[dict]:
+    """One cycle in which every value of `key` fills as many places as the largest group.
+
+    Each group is shuffled and repeated to that length; the cycle is then shuffled as a whole.
+    """
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if key not in row:
+            raise ValueError(
+                f"prompts.balance: {key!r} but the prompt {row['prompt']!r} (prompt_id {row.get('prompt_id')}) "
+                f"has no {key!r}; balance needs JSONL rows that carry it, or leave prompts.balance unset"
+            )
+        groups.setdefault(str(row[key]), []).append(row)
+    size = max(len(g) for g in groups.values())
+    order = []
+    for name in sorted(groups):
+        group = groups[name]
+        rng.shuffle(group)
+        order += [group[i % len(group)] for i in range(size)]
+    rng.shuffle(order)
+    return order
 
 
 def micro_seed(seed: int, update: int, global_micro: int) -> int:

@@ -144,7 +144,8 @@ class Trainer:
             rows = self.method.pairs.prompt_rows()
         else:
             rows = load_prompt_rows(cfg.prompts.path, cfg.prompts.max_prompts)
-        self.schedule = PromptSchedule(rows, cfg.prompts.shuffle_seed, cfg.grad_accum * self.world, cfg.prompts_per_micro_step)
+        self.schedule = PromptSchedule(rows, cfg.prompts.shuffle_seed, cfg.grad_accum * self.world, cfg.prompts_per_micro_step,
+                                       balance=cfg.prompts.balance)
         self.sample_rows = rows[: cfg.tracking.sample_prompts]
         if ckpt is not None:
             self._load_state(ckpt)
