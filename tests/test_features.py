@@ -301,12 +301,6 @@ def test_clip_image_embeds_match_the_models_own_and_carry_gradients(tmp_path):
     assert tokens["layer1_patch"].shape == (3, 16, 32)  # a 4×4 grid of 8 px patches, one token each
     torch.testing.assert_close(tokens["layer1_patch"], hidden[:, 1:], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(tokens["layer1_cls"], hidden[:, :1], rtol=1e-4, atol=1e-5)
-    grid = build_feature_map("clip", path=str(tmp_path / "clip"), keys=["layer1_grid2"])(x.detach())["layer1_grid2"]
-    top_left = hidden[:, 1:].reshape(3, 4, 4, 32)[:, :2, :2].mean((1, 2))  # the first of 2×2 pooled cells
-    assert grid.shape == (3, 1, 4 * 32)
-    torch.testing.assert_close(grid[:, 0].reshape(3, 32, 4)[:, :, 0], top_left, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="grid3"):
-        build_feature_map("clip", path=str(tmp_path / "clip"), keys=["layer1_grid3"])(x.detach())
 
 
 def test_dinov2_layers_keys_pooled_windows_and_gradients(dino_path):

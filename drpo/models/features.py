@@ -12,7 +12,7 @@ reaches the generator.
 | teacher_unet | latents | one key per hooked block (pool×pool average-pooled, flattened) |
 | dinov2 | pixels | layer{3,6,9,12}_{patch_mean,patch_std,cls}; layer{L}_patch_{mean,std}_{p}, layer{L}_patch |
 | latent | latents | latent_{mean,std}[_{2,4}]; `latent` (spatial tokens), `latent_norm` |
-| clip | pixels | image_embeds, layer{L}_patch_mean, layer{L}_patch_std (L = last layer); layer{L}_cls, layer{L}_patch, layer{L}_grid{g} |
+| clip | pixels | image_embeds, layer{L}_patch_mean, layer{L}_patch_std (L = last layer); layer{L}_cls, layer{L}_patch |
 
 Statistics: mean and `sqrt(var + 1e-6)` (population variance, fp32), globally `(K, 1, C)` or in
 non-overlapping p×p windows `(K, (H/p)(W/p), C)` — `window_stats`, shared by every map.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -352,21 +351,10 @@ class DINOv2Features(FeatureMap):
         return self.select(feats)
 
 
-def _grid(patches: Tensor, g: int) -> Tensor:
-    """Patch tokens (K, s·s, D) → one vector per image (K, 1, g·g·D): the s×s token grid pooled to g×g."""
-    k, n, d = patches.shape
-    side = math.isqrt(n)
-    if side * side != n or g < 1 or side % g:
-        raise ValueError(f"clip: grid{g} needs a square patch grid divisible by {g}; got {n} patch tokens")
-    fmap = patches.transpose(1, 2).reshape(k, d, side, side)
-    return F.avg_pool2d(fmap, side // g).flatten(1).unsqueeze(1)
-
-
 class CLIPFeatures(FeatureMap):
     """A CLIP image tower on decoded pixels (PickScore's, or the shapes world's reward model):
     statistics of hidden state L as for ViT-MAE (`layer{L}_patch_mean`, `_patch_std`, `_cls`), its patch
-    tokens (`layer{L}_patch`), those tokens average-pooled to a g×g grid and concatenated into one vector
-    per image (`layer{L}_grid{g}`: what is where, which set statistics forget), and
+    tokens (`layer{L}_patch`), and
     `image_embeds`, the projected, L2-normalised image embedding the reward itself compares with text.
     Only the features are used, never the reward's score: the reward stays a black box."""
 
@@ -382,7 +370,7 @@ class CLIPFeatures(FeatureMap):
         depth = model.config.vision_config.num_hidden_layers
         super().__init__(keys or ("image_embeds", f"layer{depth}_patch_mean", f"layer{depth}_patch_std"))
         layer_keys = [k for k in self.keys if k != "image_embeds"]
-        self.layers = _key_layers(layer_keys, "clip", re.compile(r"^layer\d+_(patch|patch_mean|patch_std|cls|grid\d+)$"))
+        self.layers = _key_layers(layer_keys, "clip", re.compile(r"^layer\d+_(patch|patch_mean|patch_std|cls)$"))
         if self.layers and not 1 <= min(self.layers) <= max(self.layers) <= depth:
             raise ValueError(f"clip: layers {list(self.layers)} outside 1..{depth} of {folder}")
         proc = processor_config(folder)
@@ -398,11 +386,7 @@ class CLIPFeatures(FeatureMap):
         feats: dict[str, Tensor] = {}
         for layer in self.layers:
             feats.update(_token_stats(out.hidden_states[layer], f"layer{layer}"))
-            patches = out.hidden_states[layer][:, 1:].float()
-            feats[f"layer{layer}_patch"] = patches
-            for key in self.keys:
-                if key.startswith(f"layer{layer}_grid"):
-                    feats[key] = _grid(patches, int(key.rsplit("grid", 1)[1]))
+            feats[f"layer{layer}_patch"] = out.hidden_states[layer][:, 1:].float()
         if "image_embeds" in self.keys:
             feats["image_embeds"] = F.normalize(self.projection(out.pooler_output).float(), dim=-1).unsqueeze(1)
         return self.select(feats)
