@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from drpo.models.features import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 
@@ -131,13 +133,13 @@ class HFImageExtractor:
 
             self.model = CLIPModel.from_pretrained(folder)
             default_size = self.model.config.vision_config.image_size
-            mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+            mean, std = CLIP_MEAN, CLIP_STD
         elif kind == "dinov2":
             from transformers import Dinov2Model
 
             self.model = Dinov2Model.from_pretrained(folder)
             default_size = 224 if self.model.config.image_size >= 224 else self.model.config.image_size
-            mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:
             raise ValueError(f"HFImageExtractor: kind must be clip or dinov2, got {kind!r}")
         pre = Path(folder) / "preprocessor_config.json"

@@ -386,7 +386,8 @@ class CLIPFeatures(FeatureMap):
         feats: dict[str, Tensor] = {}
         for layer in self.layers:
             feats.update(_token_stats(out.hidden_states[layer], f"layer{layer}"))
-            feats[f"layer{layer}_patch"] = out.hidden_states[layer][:, 1:].float()
+            if f"layer{layer}_patch" in self.keys:
+                feats[f"layer{layer}_patch"] = out.hidden_states[layer][:, 1:].float()
         if "image_embeds" in self.keys:
             feats["image_embeds"] = F.normalize(self.projection(out.pooler_output).float(), dim=-1).unsqueeze(1)
         return self.select(feats)

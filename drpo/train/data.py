@@ -56,8 +56,10 @@ class PromptSchedule:
     def __init__(self, rows: list[dict], shuffle_seed: int, micro_steps_per_update: int, prompts_per_micro: int,
                  balance: str | None = None):
         rng = random.Random(shuffle_seed)
-        self.rows = balanced_order(rows, balance, rng) if balance else list(rows)
-        if not balance:
+        if balance:
+            self.rows = balanced_order(rows, balance, rng)
+        else:
+            self.rows = list(rows)
             rng.shuffle(self.rows)
         self.per_update = micro_steps_per_update  # grad_accum × world size
         self.per_micro = prompts_per_micro
