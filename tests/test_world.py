@@ -228,22 +228,37 @@ def test_checker_reads_the_base_generators_own_samples():
         shapes = sorted(o.shape or "blob" for o in detect(strip[:, 32 * i: 32 * (i + 1)]))
         if shapes != label["shapes"]:
             wrong.append((label["prompt"], label["shapes"], shapes))
-    # The checker before solidity, rounded squares and the whole-vs-split parse read 27 of these
-    # 53 right; the misses left are squircles a person also hesitates over, and one cross.
+    # A ratchet at today's count: the checker before the solidity gate read only 27 of these 53
+    # right. The 5 misses left are squircles a person also hesitates over, and one cross.
     assert len(wrong) <= 5, wrong
 
 
-def test_a_colour_gradient_is_one_object_and_touching_colours_are_two():
+def test_a_colour_gradient_is_one_object():
     img = np.full((32, 32, 3), 232, np.uint8)
     blue, purple = np.asarray(PALETTE["blue"], float), np.asarray(PALETTE["purple"], float)
     for y in range(8, 20):  # one square shading from purple to blue, top to bottom
         img[y, 8:20] = np.round(purple + (blue - purple) * (y - 8) / 11)
     found = detect(img)
     assert [o.shape for o in found] == ["square"] and found[0].color in ("blue", "purple")
-    img = np.full((32, 32, 3), 232, np.uint8)
-    img[8:18, 4:14] = PALETTE["red"]  # a red square and a green one, side by side, touching
-    img[8:18, 14:24] = PALETTE["green"]
-    assert sorted((o.shape, o.color) for o in detect(img)) == [("square", "green"), ("square", "red")]
+
+
+@pytest.mark.parametrize("top", ["circle", "square", "triangle", "diamond", "cross"])
+def test_touching_objects_of_two_colours_are_both_found(top):
+    """Every ordered colour pair, every bottom shape: one above the other, touching."""
+    side = 12
+    wrong = []
+    for bottom in ("circle", "square", "triangle", "diamond", "cross"):
+        for c1 in PALETTE:
+            for c2 in PALETTE:
+                if c1 == c2:
+                    continue
+                img = np.full((32, 32, 3), 232, np.uint8)
+                img[4:4 + side, 10:10 + side][shape_mask(top, side)] = PALETTE[c1]
+                img[4 + side:4 + 2 * side, 10:10 + side][shape_mask(bottom, side)] = PALETTE[c2]
+                found = sorted((o.shape, o.color) for o in detect(img))
+                if found != sorted([(top, c1), (bottom, c2)]):
+                    wrong.append((top, c1, bottom, c2, found))
+    assert not wrong, wrong[:5]
 
 
 def test_noise_and_blank_images_are_incorrect():

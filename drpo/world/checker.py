@@ -1,23 +1,21 @@
 """GenEval-style correctness from pixels alone: the shapes world's non-differentiable reward.
 
 Detection: foreground = pixels far from the background colour; connected components (8-connected)
-of at least `min_area` pixels. A component holding two palette colours with substantial area each
-is split by colour (touching objects), except that one holding exactly two stays whole when it
-fits a world shape better whole than split: a single object shading from one colour to the other. Each part's shape is
-its half-way contour (pixels at least half-way from the background to the part's colour), which
-keeps a blurred shape's outline and separates same-colour objects that blur joined. Colour = the
-palette colour nearest to the piece's median RGB (none when too far: off-palette blobs match no
-colour clause).
+of at least `min_area` pixels. A component holding two or more palette colours with substantial
+area each is split by colour (touching objects); one holding exactly two stays whole only when it
+reads as a world shape better whole than split: a single object shading from one colour to the
+other. Each part's shape is its half-way contour (pixels at least half-way from the background to
+the part's colour), which keeps a blurred shape's outline and separates same-colour objects that
+blur joined. Colour = the palette colour nearest to the piece's median RGB (none when too far:
+off-palette blobs match no colour clause).
 
 Shape = the best soft-IoU match of the piece's box crop (resized to 16 × 16) against each shape
 rasterised at every size, sharp and slightly blurred, squares also with rounded corners; the IoU
-is the detection score. The cross is the world's one concave shape: a crop whose solidity (its
-area over its convex hull's) is below `CONCAVE_SOLIDITY` and that fits a cross template at all is a
-cross. That keeps a generator's thick-armed, soft-cornered crosses from matching the diamond,
+is the detection score. The cross is the world's one concave shape: a crop that fits a cross
+template at all and whose solidity (its area over its convex hull's) is below `CONCAVE_SOLIDITY`
+is a cross. That keeps a generator's thick-armed, soft-cornered crosses from matching the diamond,
 whose outline they approach; blurrier, nearly convex crosses are left to the templates. Crops too
 elongated or matching no template well are blobs with shape None, which satisfy no clause.
-Measured on the base generator's own samples (53 labelled by eye, `tests/data/world_generated`):
-48 read right, against 27 before solidity, rounded squares and the whole-or-split choice.
 
 Rules (GenEval's, as in its evaluator): for each include clause take the `count` highest-scoring
 objects of its class; fewer than `count` fails; a colour clause needs all of them in that colour;
@@ -86,7 +84,7 @@ def rounded_square(side: int, radius: float = ROUNDED_CORNER) -> np.ndarray:
     yy, xx = np.mgrid[0:side, 0:side] + 0.5
     dx = np.maximum(np.abs(xx - side / 2) - (side / 2 - r), 0)
     dy = np.maximum(np.abs(yy - side / 2) - (side / 2 - r), 0)
-    return dx**2 + dy**2 <= r**2 + 0.25
+    return dx**2 + dy**2 <= r**2 + 0.25  # the same half-pixel tolerance as the renderer's circle
 
 
 def _outlines(shape: str, side: int) -> list[np.ndarray]:
@@ -102,6 +100,8 @@ def _build_templates() -> dict[str, np.ndarray]:
 _TEMPLATES = _build_templates()
 _BANK = np.concatenate([t.reshape(len(t), -1) for t in _TEMPLATES.values()])  # (M, side²)
 _BANK_SHAPES = [name for name, t in _TEMPLATES.items() for _ in range(len(t))]
+_FIRST = np.sort(np.unique(_BANK.round(6), axis=0, return_index=True)[1])  # many sizes resize alike
+_BANK, _BANK_SHAPES = _BANK[_FIRST], [_BANK_SHAPES[i] for i in _FIRST]
 _BANK_CONCAVE = np.asarray([name == "cross" for name in _BANK_SHAPES])
 
 
@@ -129,8 +129,8 @@ def classify_shape(crop: np.ndarray) -> tuple[str | None, float]:
         return None, 0.0
     sig = _resize(crop).reshape(1, -1)
     iou = np.minimum(sig, _BANK).sum(1) / np.maximum(np.maximum(sig, _BANK).sum(1), 1e-6)
-    if solidity(crop) < CONCAVE_SOLIDITY and iou[_BANK_CONCAVE].max() >= MIN_SCORE:
-        iou[~_BANK_CONCAVE] = -1.0  # plainly concave and cross-like: only a cross can be
+    if iou[_BANK_CONCAVE].max() >= MIN_SCORE and solidity(crop) < CONCAVE_SOLIDITY:
+        iou[~_BANK_CONCAVE] = -1.0  # cross-like and plainly concave: only a cross can be
     best = int(iou.argmax())
     score = float(iou[best])
     return (_BANK_SHAPES[best] if score >= MIN_SCORE else None), score
@@ -161,9 +161,10 @@ def _pieces(img: np.ndarray, part: np.ndarray, ref: np.ndarray, min_area: int) -
     return [m for m in (labels == j for j in range(1, n + 1)) if m.sum() >= min_area]
 
 
-def _objects(sub_img: np.ndarray, parts, min_area: int, offset: tuple[int, int]) -> list[SceneObject]:
-    """Each (part mask, reference colour)'s half-way pieces as objects, in image coordinates."""
-    found = []
+def _objects(sub_img: np.ndarray, parts, min_area: int, offset: tuple[int, int]) -> tuple[list[SceneObject], int]:
+    """Each (part mask, reference colour)'s half-way pieces as objects in image coordinates, and
+    how well they explain the parts: pixels in pieces, weighted by their template score."""
+    found, explained = [], 0.0
     oy, ox = offset
     for part, ref in parts:
         for piece in _pieces(sub_img, part, ref, min_area):
@@ -174,13 +175,8 @@ def _objects(sub_img: np.ndarray, parts, min_area: int, offset: tuple[int, int])
             color = _PALETTE_NAMES[int(dist.argmin())] if dist.min() < COLOR_DISTANCE else None
             shape, score = classify_shape(piece[y0:y1, x0:x1])
             found.append(SceneObject(shape, color, (int(ox + x0), int(oy + y0), int(ox + x1), int(oy + y1)), score))
-    return found
-
-
-def _fit(objects: list[SceneObject]) -> float:
-    """Area-weighted template score of a parse: how well its objects read as world shapes."""
-    areas = [(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]) for o in objects]
-    return sum(a * (o.score if o.shape else 0.0) for a, o in zip(areas, objects)) / max(sum(areas), 1)
+            explained += len(ys) * score if shape else 0.0
+    return found, explained
 
 
 def detect(image, min_area: int | None = None) -> list[SceneObject]:
@@ -205,17 +201,19 @@ def detect(image, min_area: int | None = None) -> list[SceneObject]:
         offset = (sl[0].start, sl[1].start)
         counts = np.bincount(nearest[sl][comp & core[sl]], minlength=len(_PALETTE_NAMES))
         colors = [p for p in range(len(_PALETTE_NAMES)) if counts[p] >= min_area]
-        if colors:  # one object in its most common palette colour
-            whole = _objects(sub_img, [(comp, _PALETTE_RGB[int(counts.argmax())])], min_area, offset)
-        else:  # off-palette: its own strongest half sets the reference colour
-            strong = comp & (bg_dist[sl] >= np.median(bg_dist[sl][comp]))
-            whole = _objects(sub_img, [(comp, np.median(sub_img[strong], axis=0))], min_area, offset)
         if len(colors) > 1:  # touching objects of different colours, or one object shading between two
             sub = np.asarray(colors)[d2[sl][..., colors].argmin(-1)]
-            split = _objects(sub_img, [(comp & (sub == p), _PALETTE_RGB[p]) for p in colors], min_area, offset)
-            if len(colors) > 2 or _fit(split) > _fit(whole):  # a shading spans two colours, not three
-                whole = split
-        found.extend(whole)
+            objects, split_fit = _objects(sub_img, [(comp & (sub == p), _PALETTE_RGB[p]) for p in colors], min_area, offset)
+            if len(colors) == 2:  # whole only when it explains more of the component than the split
+                whole, whole_fit = _objects(sub_img, [(comp, _PALETTE_RGB[int(counts.argmax())])], min_area, offset)
+                if whole_fit > split_fit:
+                    objects = whole
+        elif colors:
+            objects, _ = _objects(sub_img, [(comp, _PALETTE_RGB[colors[0]])], min_area, offset)
+        else:  # off-palette: its own strongest half sets the reference colour
+            strong = comp & (bg_dist[sl] >= np.median(bg_dist[sl][comp]))
+            objects, _ = _objects(sub_img, [(comp, np.median(sub_img[strong], axis=0))], min_area, offset)
+        found.extend(objects)
     found.sort(key=lambda o: -o.score)
     return found
 
