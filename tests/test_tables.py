@@ -227,3 +227,31 @@ def test_drpo_tables_cli_with_judge_summaries(tmp_path):
     assert (out / "qwen3vl_preference.png").read_bytes()[:8] == PNG_MAGIC
     assert not (out / "geneval.csv").exists()  # no results for it, and --all not given
     assert main(["tables", "--out", str(out), "--judge", str(judge)]) == 2  # opponent/test set unnamed
+
+
+def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(tmp_path):
+    from drpo.cli import main
+    from drpo.eval.collect import collect
+
+    models = {"base": {"label": "Base"}, "drpo-s42": {"run": "drpo", "label": "DrPO"}, "drpo-s43": {"run": "drpo", "label": "DrPO"}}
+    for mid, mean in (("base", 0.50), ("drpo-s42", 0.60), ("drpo-s43", 0.70)):
+        (tmp_path / "scores" / "t" / mid).mkdir(parents=True)
+        (tmp_path / "scores" / "t" / mid / "acc.json").write_text(json.dumps({"mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}))
+    judged = []
+    for seed, share in ((42, 0.55), (43, 0.65)):
+        path = tmp_path / "judge" / "t" / f"drpo-s{seed}__vs__base.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"preference_share": share, "preference_share_ci95": [share - 0.05, share + 0.05]}))
+        judged.append(str(path))
+    spec = {"results": str(tmp_path), "models": models, "test_sets": ["t"], "metrics": ["acc"],
+            "tables": {"main": {"rows": ["base", "drpo"]}}, "judged": judged}
+    df = collect(spec).set_index(["table", "method"])
+    assert df.loc[("main", "DrPO"), "value"] == pytest.approx(0.65)
+    assert (df.loc[("main", "DrPO"), "ci_low"], df.loc[("main", "DrPO"), "ci_high"]) == pytest.approx((0.6, 0.7))
+    assert (df.loc[("main", "Base"), "ci_low"], df.loc[("main", "Base"), "ci_high"]) == pytest.approx((0.4, 0.6))  # one seed: its own CI
+    judge = df.loc[("judge_preference", "DrPO vs Base")]
+    assert (judge["value"], judge["ci_low"], judge["ci_high"]) == pytest.approx((0.6, 0.55, 0.65))
+    assert judge["source"].count(";") == 1  # both seeds' summaries behind the one cell
+    res = tmp_path / "results.csv"
+    collect(spec).to_csv(res, index=False)
+    assert main(["tables", "--results", str(res), "--out", str(tmp_path / "tables"), "--all"]) == 0

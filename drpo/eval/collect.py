@@ -4,8 +4,8 @@ For every table of the config (`tables:` in config.yaml) and every row it names,
 each test set becomes one results row (`table, method, test_set, metric, value, ci_low, ci_high,
 source`), `source` being the summary file behind the number. A run trained with several seeds
 gives the mean over seeds (CI: the seeds' min and max). Metrics scored by a GenEval-style checker
-also give per-tag rows (`geneval:<tag>`, `geneval:overall`) for the GenEval table, and every judge
-summary a `preference` row (DrPO's share against each opponent).
+also give per-tag rows (`geneval:<tag>`, `geneval:overall`) for the GenEval table, and the judge
+summaries a `preference` row per pair (DrPO's share against each opponent, mean over seeds).
 """
 
 from __future__ import annotations
@@ -85,16 +85,21 @@ def collect(spec: dict) -> pd.DataFrame:
                             rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
                                          "value": sum(v) / len(v), "ci_low": None, "ci_high": None,
                                          "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
-    for path in spec.get("judged", []):
-        s = _summary(Path(path))
+    judged: dict[tuple[str, str], list[tuple[dict, Path]]] = {}  # (test set, pair label) -> one per seed
+    for path in map(Path, spec.get("judged", [])):
+        s = _summary(path)
         if s is None:
             continue
-        a, b = Path(path).stem.split("__vs__")
-        ts = Path(path).parent.name
-        share = s.get("preference_share")
-        ci = s.get("preference_share_ci95") or [None, None]
-        rows.append({"table": "judge_preference", "method": f"{models.get(a, {}).get('label', a)} vs {models.get(b, {}).get('label', b)}",
-                     "test_set": ts, "metric": "preference", "value": share, "ci_low": ci[0], "ci_high": ci[1], "source": str(path)})
+        a, b = path.stem.split("__vs__")
+        pair = f"{models.get(a, {}).get('label', a)} vs {models.get(b, {}).get('label', b)}"
+        judged.setdefault((path.parent.name, pair), []).append((s, path))
+    for (ts, pair), per_seed in judged.items():
+        shares = [s.get("preference_share") for s, _ in per_seed]
+        one = len(per_seed) == 1
+        ci = (per_seed[0][0].get("preference_share_ci95") or [None, None]) if one else [min(shares), max(shares)]
+        rows.append({"table": "judge_preference", "method": pair, "test_set": ts, "metric": "preference",
+                     "value": sum(shares) / len(shares), "ci_low": ci[0], "ci_high": ci[1],
+                     "source": ";".join(str(p) for _, p in per_seed)})
     return pd.DataFrame(rows, columns=["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source"])
 
 
