@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from drpo.world.checker import CONCAVE_SOLIDITY, TEMPLATE_BLURS, _blurred, check, detect, evaluate, solidity
-from drpo.world.grammar import TAGS, all_rows, generate_prompts, prompt_text, split_prompts, vocabulary_words
+from drpo.world.grammar import SHAPES, TAGS, all_rows, generate_prompts, prompt_text, split_prompts, vocabulary_words
 from drpo.world.judge import WorldJudge
 from drpo.world.render import PALETTE, SLOTS, SceneObject, noise_uniforms, relations, render, render_scene, shape_mask
 from drpo.world.rewards import CheckerReward, GradedCheckerReward
@@ -211,7 +211,7 @@ def test_checker_tolerates_slight_blur():
 def test_solidity_tells_the_cross_from_every_convex_shape():
     for side in range(7, 33):
         for sigma in TEMPLATE_BLURS:
-            for shape in ("circle", "square", "triangle", "diamond"):
+            for shape in (s for s in SHAPES if s != "cross"):
                 assert solidity(_blurred(shape_mask(shape, side), sigma)) == pytest.approx(1.0), (shape, side, sigma)
             assert 0.65 < solidity(_blurred(shape_mask("cross", side), sigma)) < CONCAVE_SOLIDITY, (side, sigma)
     assert solidity(np.ones((1, 5), bool)) == 1.0  # a line has no hull: convex, no error
@@ -242,12 +242,12 @@ def test_a_colour_gradient_is_one_object():
     assert [o.shape for o in found] == ["square"] and found[0].color in ("blue", "purple")
 
 
-@pytest.mark.parametrize("top", ["circle", "square", "triangle", "diamond", "cross"])
+@pytest.mark.parametrize("top", SHAPES)
 def test_touching_objects_of_two_colours_are_both_found(top):
     """Every ordered colour pair, every bottom shape: one above the other, touching."""
     side = 12
     wrong = []
-    for bottom in ("circle", "square", "triangle", "diamond", "cross"):
+    for bottom in SHAPES:
         for c1 in PALETTE:
             for c2 in PALETTE:
                 if c1 == c2:

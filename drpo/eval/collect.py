@@ -28,6 +28,17 @@ def _rows_for(name: str, models: dict) -> list[str]:
     return [m for m, info in models.items() if info.get("run") == name]
 
 
+def _over_seeds(per_seed: list[tuple[float | None, tuple | list | None]]) -> tuple[float | None, float | None, float | None]:
+    """(mean, ci_low, ci_high) over a run's (value, ci) per seed: one seed keeps its own CI, several
+    span their min to max. Seeds without a value (a judge with no valid verdicts) are left out."""
+    per_seed = [(v, ci) for v, ci in per_seed if v is not None]
+    if len(per_seed) == 1:
+        value, ci = per_seed[0]
+        return value, *(ci or (None, None))
+    values = [v for v, _ in per_seed]
+    return (sum(values) / len(values), min(values), max(values)) if values else (None, None, None)
+
+
 def _summary(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -66,16 +77,10 @@ def collect(spec: dict) -> pd.DataFrame:
                         per_seed.append((s, path))
                     if not per_seed:
                         continue
-                    values = [s["mean"] for s, _ in per_seed]
-                    lo = [s.get("ci_low") for s, _ in per_seed]
-                    hi = [s.get("ci_high") for s, _ in per_seed]
-                    one = len(per_seed) == 1
-                    rows.append({
-                        "table": table, "method": label, "test_set": ts, "metric": metric,
-                        "value": sum(values) / len(values),
-                        "ci_low": lo[0] if one else min(values), "ci_high": hi[0] if one else max(values),
-                        "source": ";".join(str(p) for _, p in per_seed),
-                    })
+                    value, lo, hi = _over_seeds([(s["mean"], (s.get("ci_low"), s.get("ci_high"))) for s, _ in per_seed])
+                    rows.append({"table": table, "method": label, "test_set": ts, "metric": metric,
+                                 "value": value, "ci_low": lo, "ci_high": hi,
+                                 "source": ";".join(str(p) for _, p in per_seed)})
                     if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
                         tags: dict[str, list[float]] = {}
                         for _, path in per_seed:
@@ -94,12 +99,9 @@ def collect(spec: dict) -> pd.DataFrame:
         pair = f"{models.get(a, {}).get('label', a)} vs {models.get(b, {}).get('label', b)}"
         judged.setdefault((path.parent.name, pair), []).append((s, path))
     for (ts, pair), per_seed in judged.items():
-        shares = [s.get("preference_share") for s, _ in per_seed]
-        one = len(per_seed) == 1
-        ci = (per_seed[0][0].get("preference_share_ci95") or [None, None]) if one else [min(shares), max(shares)]
+        value, lo, hi = _over_seeds([(s.get("preference_share"), s.get("preference_share_ci95")) for s, _ in per_seed])
         rows.append({"table": "judge_preference", "method": pair, "test_set": ts, "metric": "preference",
-                     "value": sum(shares) / len(shares), "ci_low": ci[0], "ci_high": ci[1],
-                     "source": ";".join(str(p) for _, p in per_seed)})
+                     "value": value, "ci_low": lo, "ci_high": hi, "source": ";".join(str(p) for _, p in per_seed)})
     return pd.DataFrame(rows, columns=["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source"])
 
 

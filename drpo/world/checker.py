@@ -91,17 +91,18 @@ def _outlines(shape: str, side: int) -> list[np.ndarray]:
     return [shape_mask(shape, side)] + ([rounded_square(side)] if shape == "square" else [])
 
 
-def _build_templates() -> dict[str, np.ndarray]:
-    # One template per outline, rasterised size and blur (small rasterisations differ); a shape scores its best.
-    return {s: np.stack([_resize(_blurred(m, sigma)) for k in range(7, 33) for m in _outlines(s, k) for sigma in TEMPLATE_BLURS])
-            for s in SHAPES}
+def _build_bank() -> tuple[np.ndarray, list[str]]:
+    """Template signatures (M, side²) and their shapes: one per outline, rasterised size and blur
+    (small rasterisations differ; a shape scores its best). Duplicates are dropped, first kept, as
+    many sizes resize alike."""
+    sigs = [(_resize(_blurred(m, sigma)).ravel(), s) for s in SHAPES for k in range(7, 33)
+            for m in _outlines(s, k) for sigma in TEMPLATE_BLURS]
+    bank = np.stack([sig for sig, _ in sigs])
+    first = np.sort(np.unique(bank.round(6), axis=0, return_index=True)[1])
+    return bank[first], [sigs[i][1] for i in first]
 
 
-_TEMPLATES = _build_templates()
-_BANK = np.concatenate([t.reshape(len(t), -1) for t in _TEMPLATES.values()])  # (M, side²)
-_BANK_SHAPES = [name for name, t in _TEMPLATES.items() for _ in range(len(t))]
-_FIRST = np.sort(np.unique(_BANK.round(6), axis=0, return_index=True)[1])  # many sizes resize alike
-_BANK, _BANK_SHAPES = _BANK[_FIRST], [_BANK_SHAPES[i] for i in _FIRST]
+_BANK, _BANK_SHAPES = _build_bank()
 _BANK_CONCAVE = np.asarray([name == "cross" for name in _BANK_SHAPES])
 
 
@@ -161,7 +162,7 @@ def _pieces(img: np.ndarray, part: np.ndarray, ref: np.ndarray, min_area: int) -
     return [m for m in (labels == j for j in range(1, n + 1)) if m.sum() >= min_area]
 
 
-def _objects(sub_img: np.ndarray, parts, min_area: int, offset: tuple[int, int]) -> tuple[list[SceneObject], int]:
+def _objects(sub_img: np.ndarray, parts, min_area: int, offset: tuple[int, int]) -> tuple[list[SceneObject], float]:
     """Each (part mask, reference colour)'s half-way pieces as objects in image coordinates, and
     how well they explain the parts: pixels in pieces, weighted by their template score."""
     found, explained = [], 0.0
@@ -201,18 +202,18 @@ def detect(image, min_area: int | None = None) -> list[SceneObject]:
         offset = (sl[0].start, sl[1].start)
         counts = np.bincount(nearest[sl][comp & core[sl]], minlength=len(_PALETTE_NAMES))
         colors = [p for p in range(len(_PALETTE_NAMES)) if counts[p] >= min_area]
-        if len(colors) > 1:  # touching objects of different colours, or one object shading between two
-            sub = np.asarray(colors)[d2[sl][..., colors].argmin(-1)]
-            objects, split_fit = _objects(sub_img, [(comp & (sub == p), _PALETTE_RGB[p]) for p in colors], min_area, offset)
-            if len(colors) == 2:  # whole only when it explains more of the component than the split
-                whole, whole_fit = _objects(sub_img, [(comp, _PALETTE_RGB[int(counts.argmax())])], min_area, offset)
-                if whole_fit > split_fit:
-                    objects = whole
-        elif colors:
-            objects, _ = _objects(sub_img, [(comp, _PALETTE_RGB[colors[0]])], min_area, offset)
-        else:  # off-palette: its own strongest half sets the reference colour
+        if not colors:  # off-palette: its own strongest half sets the reference colour
             strong = comp & (bg_dist[sl] >= np.median(bg_dist[sl][comp]))
             objects, _ = _objects(sub_img, [(comp, np.median(sub_img[strong], axis=0))], min_area, offset)
+        else:
+            objects, fit = [], -1.0
+            if len(colors) <= 2:  # one object in its most common colour (or shading between two)
+                objects, fit = _objects(sub_img, [(comp, _PALETTE_RGB[int(counts.argmax())])], min_area, offset)
+            if len(colors) > 1:  # touching objects of different colours, unless whole explains more
+                sub = np.asarray(colors)[d2[sl][..., colors].argmin(-1)]
+                split, split_fit = _objects(sub_img, [(comp & (sub == p), _PALETTE_RGB[p]) for p in colors], min_area, offset)
+                if split_fit >= fit:
+                    objects = split
         found.extend(objects)
     found.sort(key=lambda o: -o.score)
     return found
