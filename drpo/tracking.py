@@ -427,6 +427,15 @@ def training_tracker(cfg) -> Tracker:
     )
 
 
+def local_tracker(cfg) -> Tracker:
+    """A training tracker with MLflow off (`tracking.enabled: false`): metrics only go to
+    `<output_dir>/metrics.jsonl` (rank 0; other ranks write nothing)."""
+    rank0 = int(os.environ.get("RANK", "0") or 0) == 0
+    tracker = Tracker(cfg.tracking.uri, metrics_path=Path(cfg.output_dir) / "metrics.jsonl" if rank0 else None)
+    tracker._disabled = True
+    return tracker
+
+
 # -- workflow runs -------------------------------------------------------------------------------
 
 

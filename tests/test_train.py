@@ -133,6 +133,13 @@ def test_a_killed_run_resumes_exactly(assets, tmp_path):
     assert _lora_equal(resumed, uninterrupted, atol=0)
     kept = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*"))
     assert len(kept) <= 2  # total_limit
+    # MLflow is off here, yet both runs logged every update locally; the resumed log reads as one run
+    from drpo.eval.tables import read_metrics_log
+
+    resumed_log = read_metrics_log(tmp_path / "killed" / "metrics.jsonl")
+    straight_log = read_metrics_log(tmp_path / "straight" / "metrics.jsonl")
+    assert list(resumed_log["step"]) == list(straight_log["step"]) == list(range(1, 9))
+    assert resumed_log["loss"].tolist() == straight_log["loss"].tolist()
 
 
 def test_resume_ignores_checkpoints_of_another_config(assets, tmp_path, capsys):

@@ -520,15 +520,22 @@ CURVE_KEYS = ("eval/{metric}", "eval/{metric}_mean", "eval/reward", "eval/reward
 
 
 def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
-    """A run's metrics: JSONL (the trainer's metrics.jsonl) or CSV; one row per logged step."""
+    """A run's metrics: JSONL (the trainer's metrics.jsonl) or CSV; one row per logged step.
+
+    A resumed run logs again the updates after its last checkpoint; the later row of a step wins.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"metrics file {path} does not exist")
     if path.suffix == ".jsonl":
         from drpo.io import read_jsonl
 
-        return pd.DataFrame(read_jsonl(path))
-    return pd.read_csv(path)
+        log = pd.DataFrame(read_jsonl(path))
+    else:
+        log = pd.read_csv(path)
+    if "step" in log.columns:
+        log = log.drop_duplicates("step", keep="last").sort_values("step", kind="stable").reset_index(drop=True)
+    return log
 
 
 def training_curves(

@@ -62,11 +62,10 @@ def main(args: argparse.Namespace) -> int:
     if args.method:
         overrides["method"] = args.method
     cfg = load_train_config(args.config, overrides)
-    tracker = None
-    if cfg.tracking.enabled:
-        from drpo.tracking import training_tracker
+    from drpo.tracking import local_tracker, training_tracker
 
-        tracker = training_tracker(cfg)
+    # without MLflow the metrics still go to <output_dir>/metrics.jsonl, for curves and tables
+    tracker = training_tracker(cfg) if cfg.tracking.enabled else local_tracker(cfg)
     try:
         trainer = Trainer(cfg, resume=args.resume or False, tracker=tracker, progress=not args.no_progress)
         final = trainer.train()

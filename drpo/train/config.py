@@ -79,7 +79,7 @@ class TrackingConfig:
     log_every: int = 1
     sample_grid_every: int = 100
     sample_prompts: int = 4
-    enabled: bool = True
+    enabled: bool = True  # False: no MLflow; metrics still go to <output_dir>/metrics.jsonl
     tags: dict[str, str] = field(default_factory=dict)
 
 
