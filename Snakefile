@@ -43,6 +43,7 @@ RUNS = wf.runs(config)
 MODELS = wf.eval_models(config)
 TEST_SETS = config["evaluation"]["test_sets"]
 METRICS = list(config["evaluation"]["metrics"])
+COMPARISONS = wf.comparisons(config)  # fid / distance against a reference model's samples
 CONFIG_HASH = wf.config_digest(config)
 THREADS = config["threads"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,15 @@ def _check_references(config: dict, source: str) -> None:
     for name, base in evaluation.get("base_models", {}).items():
         if base["model"] not in models:
             raise ConfigError(f"{source}: evaluation.base_models.{name}.model: '{base['model']}' is not in models")
+    for name in COMPARISONS:
+        spec = evaluation.get(name)
+        if not spec:
+            continue
+        if name in evaluation.get("metrics", {}):
+            raise ConfigError(f"{source}: evaluation.metrics.{name}: the name is taken by evaluation.{name}; rename the metric")
+        reference = spec["reference"]
+        if reference not in evaluation.get("base_models", {}) and reference not in config["training"]["runs"]:
+            raise ConfigError(f"{source}: evaluation.{name}.reference: '{reference}' is neither a base model nor a run")
     if "world" in [p["source"] for p in prompt_sets.values()] and "world" not in config:
         raise ConfigError(f"{source}: prompt_sets use source 'world' but the config has no world: block")
 
@@ -263,6 +273,47 @@ def model_marker(config: dict, model_name: str) -> str | None:
     return None
 
 
+# evaluation blocks that score a model against a reference model's samples: name -> `drpo score` flag
+COMPARISONS = {"fid": "--fid-ref", "distance": "--distance-ref"}
+
+
+def comparisons(config: dict) -> dict[str, dict]:
+    """The configured reference comparisons (`evaluation.fid`, `evaluation.distance`) by metric name:
+    the `drpo score` flag that takes the reference's manifest, and the extractor's options and arguments."""
+    out = {}
+    for name, flag in COMPARISONS.items():
+        spec = config["evaluation"].get(name)
+        if not spec:
+            continue
+        options = dict(spec.get("options") or {})
+        extractor = spec.get("extractor", "inception")
+        if extractor == "inception" and spec.get("inception"):
+            options.setdefault("path", spec["inception"])
+        args = f"--extractor {extractor} --extractor-options {shlex.quote(to_json(options))}"
+        out[name] = {"reference": spec["reference"], "flag": flag, "args": args, "options": options}
+    return out
+
+
+def reference_model(config: dict, name: str, model: str) -> str | None:
+    """The model id whose samples `model` is compared with for comparison `name`; None for the
+    reference itself. A reference run is matched seed by seed (drpo-s43 against base-run-s43)."""
+    reference = config["evaluation"][name]["reference"]
+    models = eval_models(config)
+    if reference in models:
+        ref = reference
+    else:
+        trained = runs(config)
+        seed = trained[model].seed if model in trained else config["training"]["seeds"][0]
+        ref = f"{reference}-s{seed}"
+    return None if ref == model else ref
+
+
+def compared(config: dict) -> list[tuple[str, str, str]]:
+    """(test set, model, comparison) for every model that is not its own reference."""
+    return [(ts, model, name) for name in comparisons(config) for ts in config["evaluation"]["test_sets"]
+            for model in eval_models(config) if reference_model(config, name, model)]
+
+
 def config_digest(config: dict) -> str:
     return config_hash(config)
 
@@ -333,6 +384,7 @@ def collect_spec(config: dict, judged: list[str]) -> dict:
     tables = {name: {**spec, "rows": table_rows(config, name)} for name, spec in config.get("tables", {}).items()}
     return {
         "results": results_dir(config), "models": eval_models(config), "test_sets": config["evaluation"]["test_sets"],
-        "metrics": list(config["evaluation"]["metrics"]), "metric_specs": config["evaluation"]["metrics"],
+        "metrics": list(config["evaluation"]["metrics"]) + list(comparisons(config)),
+        "metric_specs": config["evaluation"]["metrics"],
         "tables": tables, "judged": judged,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -237,21 +238,28 @@ def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(t
     for mid, mean in (("base", 0.50), ("drpo-s42", 0.60), ("drpo-s43", 0.70)):
         (tmp_path / "scores" / "t" / mid).mkdir(parents=True)
         (tmp_path / "scores" / "t" / mid / "acc.json").write_text(json.dumps({"mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1}))
+    for mid, d in (("drpo-s42", 1.5), ("drpo-s43", 2.5)):  # the reference (base) has no distance to itself
+        (tmp_path / "scores" / "t" / mid / "distance.json").write_text(json.dumps({"kind": "distance", "mean": d}))
     judged = []
     for seed, share in ((42, 0.55), (43, 0.65)):
         path = tmp_path / "judge" / "t" / f"drpo-s{seed}__vs__base.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"preference_share": share, "preference_share_ci95": [share - 0.05, share + 0.05]}))
         judged.append(str(path))
-    spec = {"results": str(tmp_path), "models": models, "test_sets": ["t"], "metrics": ["acc"],
+    spec = {"results": str(tmp_path), "models": models, "test_sets": ["t"], "metrics": ["acc", "distance"],
             "tables": {"main": {"rows": ["base", "drpo"]}}, "judged": judged}
-    df = collect(spec).set_index(["table", "method"])
+    full = collect(spec).set_index(["table", "method", "metric"])
+    assert full.loc[("main", "DrPO", "distance"), "value"] == pytest.approx(2.0)
+    assert ("main", "Base", "distance") not in full.index
+    df = full.xs("acc", level="metric")
     assert df.loc[("main", "DrPO"), "value"] == pytest.approx(0.65)
     assert (df.loc[("main", "DrPO"), "ci_low"], df.loc[("main", "DrPO"), "ci_high"]) == pytest.approx((0.6, 0.7))
     assert (df.loc[("main", "Base"), "ci_low"], df.loc[("main", "Base"), "ci_high"]) == pytest.approx((0.4, 0.6))  # one seed: its own CI
-    judge = df.loc[("judge_preference", "DrPO vs Base")]
+    judge = full.loc[("judge_preference", "DrPO vs Base", "preference")]
     assert (judge["value"], judge["ci_low"], judge["ci_high"]) == pytest.approx((0.6, 0.55, 0.65))
     assert judge["source"].count(";") == 1  # both seeds' summaries behind the one cell
     res = tmp_path / "results.csv"
     collect(spec).to_csv(res, index=False)
     assert main(["tables", "--results", str(res), "--out", str(tmp_path / "tables"), "--all"]) == 0
+    table = (tmp_path / "tables" / "main.md").read_text()
+    assert re.search(r"DrPO.*\| 2\.00", table), table

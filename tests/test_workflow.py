@@ -88,6 +88,32 @@ def test_paper_configs_define_every_table_of_section_6():
     assert wf.launch_command(sd) == "accelerate launch --num_processes 4 -m drpo.cli"
 
 
+def test_reference_comparisons_pair_each_model_with_its_reference():
+    config = wf.validate_config(default_config())
+    assert config["evaluation"]["distance"]["reference"] == "base"
+    compared = wf.compared(config)
+    assert ("world_test", "base", "distance") not in compared
+    assert {m for _, m, _ in compared} == set(wf.runs(config))
+    assert wf.reference_model(config, "distance", "drpo-s42") == "base"
+    args = wf.comparisons(config)["distance"]["args"]
+    assert args.startswith("--extractor clip --extractor-options ") and "results/world/reward_model" in args
+    # a trained run as the reference: matched seed by seed, and never compared with itself
+    config["training"]["seeds"] = [42, 43]
+    config["evaluation"]["fid"] = {"reference": "drpo-noref", "inception": "models/inception.pt"}
+    assert wf.reference_model(config, "fid", "drpo-s43") == "drpo-noref-s43"
+    assert wf.reference_model(config, "fid", "drpo-noref-s43") is None
+    assert '"path": "models/inception.pt"' in wf.comparisons(config)["fid"]["args"]
+    assert wf.collect_spec(config, [])["metrics"][-2:] == ["fid", "distance"]
+    bad = copy.deepcopy(default_config())
+    bad["evaluation"]["distance"]["reference"] = "sd15"
+    with pytest.raises(ConfigError, match=r"evaluation\.distance\.reference: 'sd15' is neither a base model nor a run"):
+        wf.validate_config(bad)
+    bad = copy.deepcopy(default_config())
+    bad["evaluation"]["metrics"]["distance"] = {"name": "world_checker"}
+    with pytest.raises(ConfigError, match=r"evaluation\.metrics\.distance: the name is taken"):
+        wf.validate_config(bad)
+
+
 def _dry_run(*args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
@@ -111,6 +137,7 @@ def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
     assert counts["sample"] == n_models
     assert counts["score"] == n_models * len(config["evaluation"]["metrics"])
     assert counts["judge"] == len(config["evaluation"]["judge"]["against"])
+    assert counts["compare"] == n_models - 1  # every model's distance to the base but the base's own
     assert counts["world_base"] == 1 and counts["tables"] == 1 and counts["report_html"] == 1
     # each configured table is a target of its own
     one = _job_counts(_dry_run("results/tables/geneval.tex"))
@@ -155,3 +182,6 @@ def test_dry_run_of_the_paper_configs_needs_no_weights(name):
     assert counts["train"] == len(wf.runs(config))
     models = len(wf.runs(config)) + len(config["evaluation"]["base_models"])
     assert counts["sample"] == models * len(config["evaluation"]["test_sets"])
+    # FID against the base (the SD-Turbo study): every other model on every test set
+    fid = (models - 1) * len(config["evaluation"]["test_sets"]) if "fid" in config["evaluation"] else 0
+    assert counts.get("compare", 0) == fid and (fid > 0) == (name == "sd-turbo")

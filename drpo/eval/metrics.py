@@ -42,13 +42,14 @@ DISPLAY_SCALE: dict[str, float] = {
     "world_checker_graded": 100.0,
     "preference": 100.0,  # Qwen3-VL preference share in %
     "fid": 1.0,
+    "distance": 1.0,  # mean feature distance to the reference model's sample
     "diversity": 1.0,
 }
 # metric -> decimals the paper prints (and the tables print).
 DISPLAY_DECIMALS: dict[str, int] = {
     "pickscore": 2, "world_pickscore": 2, "clip": 2, "hpsv2": 2, "hpsv3": 2, "aesthetic": 3,
     "imagereward": 2, "geneval": 1, "world_checker": 1, "world_checker_graded": 1, "preference": 1,
-    "fid": 2, "diversity": 4,
+    "fid": 2, "distance": 2, "diversity": 4,
 }
 # Raw values of these metrics lie in [-1, 1] (cosines, accuracies, shares): a larger one in a results
 # frame was scaled already, and scaling it again would print 2349 instead of 23.49.

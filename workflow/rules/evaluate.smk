@@ -63,6 +63,33 @@ rule score:
         "--metric {wildcards.metric} --out {output.scores} --summary {output.summary} --no-progress > {log} 2>&1"
 
 
+rule compare:
+    """FID or feature distance of a model's samples against the reference model's (evaluation.fid,
+    evaluation.distance)."""
+    input:
+        manifest=f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
+        reference=lambda w: f"{R}/samples/{w.test_set}/{wf.reference_model(config, w.comparison, w.model)}/manifest.jsonl",
+        extractor=lambda w: reward_inputs([{"options": COMPARISONS[w.comparison]["options"]}]),
+    output:
+        summary=f"{R}/scores/{{test_set}}/{{model}}/{{comparison}}.json",
+    params:
+        flag=lambda w: COMPARISONS[w.comparison]["flag"],
+        args=lambda w: COMPARISONS[w.comparison]["args"],
+    wildcard_constraints:
+        comparison="|".join(COMPARISONS) if COMPARISONS else "NONE",
+    threads: THREADS
+    resources:
+        gpus=0,
+    log:
+        f"{R}/logs/compare/{{test_set}}/{{model}}/{{comparison}}.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        job("compare", test_set="{wildcards.test_set}", model="{wildcards.model}", comparison="{wildcards.comparison}")
+        + "drpo score --manifest {input.manifest} {params.flag} {input.reference} {params.args} "
+        "--summary {output.summary} --no-progress > {log} 2>&1"
+
+
 rule judge:
     input:
         a=f"{R}/samples/{{test_set}}/{{a}}/manifest.jsonl",

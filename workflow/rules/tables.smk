@@ -2,13 +2,14 @@
 # and a self-contained HTML report. `snakemake --report` adds the workflow's own report.
 
 SCORES = expand(f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.json", test_set=TEST_SETS, model=list(MODELS), metric=METRICS)
+COMPARED = [f"{R}/scores/{ts}/{model}/{name}.json" for ts, model, name in wf.compared(config)]
 JUDGED = [f"{R}/judge/{ts}/{a}__vs__{b}.json" for ts in TEST_SETS for a, b in wf.judge_pairs(config)]
 TRAINED = [f"{R}/runs/{rid}/final/training_state.json" for rid in RUNS]
 
 
 rule collect:
     input:
-        SCORES + JUDGED + TRAINED,
+        SCORES + COMPARED + JUDGED + TRAINED,
     output:
         f"{R}/results.csv",
     params:
