@@ -154,23 +154,28 @@ def test_a_world_configfile_moves_with_results(tmp_path):
     assert counts["world_base"] == 1 and counts["train"] == len(wf.runs(wf.validate_config(default_config())))
     listed = _dry_run(f"{tmp_path}/out/world/base/model_index.json", "--configfile", str(world), "--config", f"results={tmp_path}/out")
     assert _job_counts(listed)["world_base"] == 1
-    # the long world study (issue 5's comparison) is the same world with 300-update runs, two seeds
+    # the long world study (issue 5's comparison) is the same world with 600-update runs, two seeds
     long = ROOT / "config" / "world-long.yaml"
     counts = _job_counts(_dry_run("all", "--configfile", str(long), "--config", f"results={tmp_path}/long"))
     runs = wf.runs(wf.validate_config(yaml.safe_load(long.read_text())))
-    assert counts["world_base"] == 1 and counts["train"] == len(runs) == 10
+    assert counts["world_base"] == 1 and counts["train"] == len(runs) == 12
     # and it stays the embedded default but for what it means to change (a copy must not drift)
     long_cfg, default = wf.validate_config(yaml.safe_load(long.read_text())), wf.validate_config(default_config())
     for key in ("results", "tracking", "threads", "world", "prompt_sets", "models", "rewards"):
         assert long_cfg[key] == default[key], key
     assert {k: v for k, v in long_cfg["evaluation"].items() if k != "judge"} == \
         {k: v for k, v in default["evaluation"].items() if k != "judge"}
+    lambda_ref = {}
     for run in runs:
         ours = wf.train_config(long_cfg, run)
-        theirs = wf.train_config(default, run.rsplit("-s", 1)[0] + "-s42")  # the default trains seed 42 only
-        assert ours["steps"] == 300 and ours["optim"] == {**theirs["optim"], "lr": 1e-3}
+        name = run.rsplit("-s", 1)[0]
+        theirs = wf.train_config(default, ("drpo" if name == "drpo-ref02" else name) + "-s42")  # the default trains seed 42 only
+        assert ours["steps"] == 600 and ours["optim"] == {**theirs["optim"], "lr": 1e-3}
+        lambda_ref[name] = ours["drpo"].pop("lambda_ref")
+        theirs["drpo"].pop("lambda_ref")
         changed = {"steps", "checkpoint", "tracking", "optim", "seed", "output_dir"}
         assert {k: v for k, v in ours.items() if k not in changed} == {k: v for k, v in theirs.items() if k not in changed}
+    assert (lambda_ref["drpo"], lambda_ref["drpo-ref02"], lambda_ref["drpo-noref"]) == (0.1, 0.2, 0.0)
 
 
 @pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])
