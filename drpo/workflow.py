@@ -111,6 +111,10 @@ def _check_references(config: dict, source: str) -> None:
         reference = spec["reference"]
         if reference not in evaluation.get("base_models", {}) and reference not in config["training"]["runs"]:
             raise ConfigError(f"{source}: evaluation.{name}.reference: '{reference}' is neither a base model nor a run")
+        extractor = spec.get("extractor", "inception")
+        if extractor != "random_conv" and not (spec.get("options") or {}).get("path") and not (extractor == "inception" and spec.get("inception")):
+            where = "inception (clean-fid's inception-2015-12-05.pt)" if extractor == "inception" else "options.path"
+            raise ConfigError(f"{source}: evaluation.{name}: the {extractor} extractor needs its weights; set evaluation.{name}.{where}")
     if "world" in [p["source"] for p in prompt_sets.values()] and "world" not in config:
         raise ConfigError(f"{source}: prompt_sets use source 'world' but the config has no world: block")
 
@@ -296,7 +300,8 @@ def comparisons(config: dict) -> dict[str, dict]:
 
 def reference_model(config: dict, name: str, model: str) -> str | None:
     """The model id whose samples `model` is compared with for comparison `name`; None for the
-    reference itself. A reference run is matched seed by seed (drpo-s43 against base-run-s43)."""
+    reference itself. A reference run is matched seed by seed (drpo-s43 against base-run-s43); a base
+    model is compared with the reference run's first training seed."""
     reference = config["evaluation"][name]["reference"]
     models = eval_models(config)
     if reference in models:

@@ -230,6 +230,18 @@ def test_drpo_tables_cli_with_judge_summaries(tmp_path):
     assert main(["tables", "--out", str(out), "--judge", str(judge)]) == 2  # opponent/test set unnamed
 
 
+def test_a_metrics_log_with_a_repeated_step_reads_as_one_row_per_step(tmp_path):
+    from drpo.eval.tables import read_metrics_log
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "lr": 0.1},
+            {"step": 3, "loss": 1.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = read_metrics_log(log)
+    assert df["step"].tolist() == [1, 2, 3]
+    assert df["loss"].tolist() == [3.0, 1.5, 1.0] and df.loc[1, "lr"] == 0.1
+
+
 def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(tmp_path):
     from drpo.cli import main
     from drpo.eval.collect import collect

@@ -3,6 +3,7 @@ the accumulation; a run killed after a checkpoint resumes to exactly the uninter
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -125,6 +126,7 @@ def test_a_killed_run_resumes_exactly(assets, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "final").exists()  # really interrupted
+    (tmp_path / "killed" / "metrics.jsonl").unlink()  # as Snakemake does to a rerun job's outputs
     subprocess.run([*cmd, "--resume"], env=_env(), check=True, timeout=300)
     straight = tmp_path / "straight.yaml"
     straight.write_text(yaml.safe_dump({**data, "output_dir": str(tmp_path / "straight")}))
@@ -133,13 +135,24 @@ def test_a_killed_run_resumes_exactly(assets, tmp_path):
     assert _lora_equal(resumed, uninterrupted, atol=0)
     kept = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*"))
     assert len(kept) <= 2  # total_limit
-    # MLflow is off here, yet both runs logged every update locally; the resumed log reads as one run
+    # MLflow is off here, yet both runs logged every update locally; the resumed run's log starts
+    # from its checkpoint's copy, so it reads as one run
     from drpo.eval.tables import read_metrics_log
 
     resumed_log = read_metrics_log(tmp_path / "killed" / "metrics.jsonl")
     straight_log = read_metrics_log(tmp_path / "straight" / "metrics.jsonl")
     assert list(resumed_log["step"]) == list(straight_log["step"]) == list(range(1, 9))
     assert resumed_log["loss"].tolist() == straight_log["loss"].tolist()
+
+
+def test_a_fresh_run_in_a_used_folder_starts_its_own_metrics_log(assets, tmp_path):
+    from drpo.tracking import local_tracker
+
+    cfg = train_config_from_dict(config(assets, tmp_path / "run", steps=2, method="pso", pso__candidates=6))
+    for _ in range(2):
+        Trainer(cfg, tracker=local_tracker(cfg), progress=False).train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
 
 
 def test_resume_ignores_checkpoints_of_another_config(assets, tmp_path, capsys):

@@ -109,6 +109,10 @@ def test_reference_comparisons_pair_each_model_with_its_reference():
     with pytest.raises(ConfigError, match=r"evaluation\.distance\.reference: 'sd15' is neither a base model nor a run"):
         wf.validate_config(bad)
     bad = copy.deepcopy(default_config())
+    bad["evaluation"]["fid"] = {"reference": "base"}  # the Inception weights are a file the user provides
+    with pytest.raises(ConfigError, match=r"evaluation\.fid: the inception extractor needs its weights; set evaluation\.fid\.inception"):
+        wf.validate_config(bad)
+    bad = copy.deepcopy(default_config())
     bad["evaluation"]["metrics"]["distance"] = {"name": "world_checker"}
     with pytest.raises(ConfigError, match=r"evaluation\.metrics\.distance: the name is taken"):
         wf.validate_config(bad)
@@ -137,7 +141,8 @@ def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
     assert counts["sample"] == n_models
     assert counts["score"] == n_models * len(config["evaluation"]["metrics"])
     assert counts["judge"] == len(config["evaluation"]["judge"]["against"])
-    assert counts["compare"] == n_models - 1  # every model's distance to the base but the base's own
+    # every model's distance to the base on every test set, but the base's own
+    assert counts["compare"] == (n_models - 1) * len(config["evaluation"]["test_sets"])
     assert counts["world_base"] == 1 and counts["tables"] == 1 and counts["report_html"] == 1
     # each configured table is a target of its own
     one = _job_counts(_dry_run("results/tables/geneval.tex"))

@@ -522,7 +522,7 @@ CURVE_KEYS = ("eval/{metric}", "eval/{metric}_mean", "eval/reward", "eval/reward
 def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
     """A run's metrics: JSONL (the trainer's metrics.jsonl) or CSV; one row per logged step.
 
-    A resumed run logs again the updates after its last checkpoint; the later row of a step wins.
+    Rows of one step merge, the later value of a metric winning (a log that re-ran some updates).
     """
     path = Path(path)
     if not path.exists():
@@ -533,8 +533,8 @@ def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
         log = pd.DataFrame(read_jsonl(path))
     else:
         log = pd.read_csv(path)
-    if "step" in log.columns:
-        log = log.drop_duplicates("step", keep="last").sort_values("step", kind="stable").reset_index(drop=True)
+    if "step" in log.columns and log["step"].notna().all():
+        log = log.groupby("step", sort=True).last().reset_index()  # sparse rows of one step merge too
     return log
 
 

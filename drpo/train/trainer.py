@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from drpo.config import config_hash, to_dict
-from drpo.io import write_json
+from drpo.io import atomic_path, write_json
 from drpo.train.base import Method, Models
 from drpo.train.config import TrainConfig
 from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed, torch_generator
 from drpo.train.timing import ComponentTimer
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+METRICS_LOG = "metrics.jsonl"  # the tracker's local log; a checkpoint keeps a copy of it
 NEEDS_FEATURES = {"drpo", "drpo_offline"}
 NEEDS_REWARD = {"drpo", "draft", "dpo", "grpo", "pso", "vggflow"}
 
@@ -91,6 +92,14 @@ def resume_hash(cfg: TrainConfig) -> str:
     return config_hash(data)
 
 
+def _logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity for a line a kill cut short."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def _rng_state() -> dict:
     # numpy's state as plain lists, so the checkpoint loads with torch.load(weights_only=True)
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -129,6 +138,7 @@ class Trainer:
         set_seed(cfg.seed + self.rank)  # then each process its own stream (as the authors' trainers)
 
         self.start_step = 0
+        self.resumed_from: Path | None = None
         ckpt = self._find_resume(resume)
         if ckpt is not None:
             self.gen.load_lora(ckpt)  # before the optimizer is built, so it holds these parameters
@@ -168,6 +178,25 @@ class Trainer:
             print(f"--resume: the checkpoints in {self.out} were trained with another config; starting from scratch")
         return matching[-1] if matching else None
 
+    def _metrics_log(self) -> Path | None:
+        return getattr(self.tracker, "metrics_path", None) if self.tracker is not None else None
+
+    def _start_metrics_log(self) -> None:
+        """The local log holds exactly updates 1..start_step before the loop appends: empty for a fresh
+        run (not the lines of an earlier run in the same folder), the resumed checkpoint's copy on resume
+        (Snakemake deletes a job's outputs before rerunning it; a killed run logged past its checkpoint)."""
+        log = self._metrics_log()
+        if log is None:
+            return
+        kept = []
+        if self.resumed_from is not None:
+            saved = self.resumed_from / METRICS_LOG
+            source = saved if saved.exists() else log  # a checkpoint without a copy: trim the live log
+            lines = source.read_text().splitlines() if source.exists() else []
+            kept = [line for line in lines if _logged_step(line) <= self.start_step]
+        with atomic_path(log) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+
     def _load_state(self, ckpt: Path) -> None:
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -176,6 +205,7 @@ class Trainer:
         if "method" in state and hasattr(self.method, "tau"):
             self.method.tau = state["method"]["tau"]
         self.start_step = int(state["step"])
+        self.resumed_from = ckpt
         if self.accelerator.is_main_process:
             print(f"resumed from {ckpt} at update {self.start_step}")
 
@@ -194,6 +224,9 @@ class Trainer:
                 state["method"] = {"tau": self.method.tau}
             torch.save(state, tmp / "training_state.pt")
             write_json(tmp / "training_state.json", {"step": step, "config_hash": config_hash(self.cfg), "resume_hash": resume_hash(self.cfg), "time": time.time()})
+            log = self._metrics_log()
+            if log is not None and log.exists():  # the log so far travels with the state it describes
+                shutil.copyfile(log, tmp / METRICS_LOG)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             limit = self.cfg.checkpoint.total_limit
@@ -261,6 +294,7 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "config.json", to_dict(cfg))
+            self._start_metrics_log()
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.method} updates", disable=not self.progress, dynamic_ncols=True)
         for step in range(self.start_step, cfg.steps):
             metrics = self.train_step(step)

@@ -63,12 +63,20 @@ rule score:
         "--metric {wildcards.metric} --out {output.scores} --summary {output.summary} --no-progress > {log} 2>&1"
 
 
+def reference_of(wildcards):
+    ref = wf.reference_model(config, wildcards.comparison, wildcards.model)
+    if ref is None:
+        raise ValueError(f"{wildcards.model} is the reference of evaluation.{wildcards.comparison}: it has no "
+                         f"{wildcards.comparison} to itself")
+    return ref
+
+
 rule compare:
     """FID or feature distance of a model's samples against the reference model's (evaluation.fid,
     evaluation.distance)."""
     input:
         manifest=f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
-        reference=lambda w: f"{R}/samples/{w.test_set}/{wf.reference_model(config, w.comparison, w.model)}/manifest.jsonl",
+        reference=lambda w: f"{R}/samples/{w.test_set}/{reference_of(w)}/manifest.jsonl",
         extractor=lambda w: reward_inputs([{"options": COMPARISONS[w.comparison]["options"]}]),
     output:
         summary=f"{R}/scores/{{test_set}}/{{model}}/{{comparison}}.json",
