@@ -391,13 +391,15 @@ def open_run(
 def training_tracker(cfg) -> Tracker:
     """The tracker of one training job (a TrainConfig): config as params, method/model/... as tags.
 
-    In multi-process training only rank 0 tracks; other ranks get a tracker that does nothing.
+    In multi-process training only rank 0 tracks; other ranks get a tracker that does nothing. With
+    `tracking.enabled: false` MLflow stays off and the metrics only go to `<output_dir>/metrics.jsonl`.
     """
     from drpo.config import config_hash, flatten, to_dict
 
     out = Path(cfg.output_dir)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
-        tracker = Tracker(resolve_uri(cfg.tracking.uri), metrics_path=None)
+    rank0 = int(os.environ.get("RANK", "0") or 0) == 0
+    if not rank0 or not cfg.tracking.enabled:
+        tracker = Tracker(resolve_uri(cfg.tracking.uri), metrics_path=out / "metrics.jsonl" if rank0 else None)
         tracker._disabled = True
         return tracker
     run_id = os.environ.get(RUN_ENV) or None
@@ -425,15 +427,6 @@ def training_tracker(cfg) -> Tracker:
         metrics_path=out / "metrics.jsonl",
         existing_run_id=run_id,
     )
-
-
-def local_tracker(cfg) -> Tracker:
-    """A training tracker with MLflow off (`tracking.enabled: false`): metrics only go to
-    `<output_dir>/metrics.jsonl` (rank 0; other ranks write nothing)."""
-    rank0 = int(os.environ.get("RANK", "0") or 0) == 0
-    tracker = Tracker(cfg.tracking.uri, metrics_path=Path(cfg.output_dir) / "metrics.jsonl" if rank0 else None)
-    tracker._disabled = True
-    return tracker
 
 
 # -- workflow runs -------------------------------------------------------------------------------

@@ -111,8 +111,8 @@ def _check_references(config: dict, source: str) -> None:
         reference = spec["reference"]
         if reference not in evaluation.get("base_models", {}) and reference not in config["training"]["runs"]:
             raise ConfigError(f"{source}: evaluation.{name}.reference: '{reference}' is neither a base model nor a run")
-        extractor = spec.get("extractor", "inception")
-        if extractor != "random_conv" and not (spec.get("options") or {}).get("path") and not (extractor == "inception" and spec.get("inception")):
+        extractor, options = _extractor(spec)
+        if extractor != "random_conv" and not options.get("path"):
             where = "inception (clean-fid's inception-2015-12-05.pt)" if extractor == "inception" else "options.path"
             raise ConfigError(f"{source}: evaluation.{name}: the {extractor} extractor needs its weights; set evaluation.{name}.{where}")
     if "world" in [p["source"] for p in prompt_sets.values()] and "world" not in config:
@@ -211,7 +211,8 @@ def eval_models(config: dict) -> dict[str, dict]:
     for name, base in config["evaluation"].get("base_models", {}).items():
         out[name] = {"kind": "base", "model": base["model"], "label": base.get("label", name)}
     for rid, run in runs(config).items():
-        out[rid] = {"kind": "run", "model": run.spec["model"], "label": run.spec.get("label", run.name), "run": run.name}
+        out[rid] = {"kind": "run", "model": run.spec["model"], "label": run.spec.get("label", run.name), "run": run.name,
+                    "seed": run.seed}
     return out
 
 
@@ -281,6 +282,15 @@ def model_marker(config: dict, model_name: str) -> str | None:
 COMPARISONS = {"fid": "--fid-ref", "distance": "--distance-ref"}
 
 
+def _extractor(spec: dict) -> tuple[str, dict]:
+    """A comparison's feature extractor and its options (`fid.inception` is the Inception path)."""
+    extractor = spec.get("extractor", "inception")
+    options = dict(spec.get("options") or {})
+    if extractor == "inception" and spec.get("inception"):
+        options.setdefault("path", spec["inception"])
+    return extractor, options
+
+
 def comparisons(config: dict) -> dict[str, dict]:
     """The configured reference comparisons (`evaluation.fid`, `evaluation.distance`) by metric name:
     the `drpo score` flag that takes the reference's manifest, and the extractor's options and arguments."""
@@ -289,10 +299,7 @@ def comparisons(config: dict) -> dict[str, dict]:
         spec = config["evaluation"].get(name)
         if not spec:
             continue
-        options = dict(spec.get("options") or {})
-        extractor = spec.get("extractor", "inception")
-        if extractor == "inception" and spec.get("inception"):
-            options.setdefault("path", spec["inception"])
+        extractor, options = _extractor(spec)
         args = f"--extractor {extractor} --extractor-options {shlex.quote(to_json(options))}"
         out[name] = {"reference": spec["reference"], "flag": flag, "args": args, "options": options}
     return out
@@ -302,21 +309,19 @@ def reference_model(config: dict, name: str, model: str) -> str | None:
     """The model id whose samples `model` is compared with for comparison `name`; None for the
     reference itself. A reference run is matched seed by seed (drpo-s43 against base-run-s43); a base
     model is compared with the reference run's first training seed."""
-    reference = config["evaluation"][name]["reference"]
-    models = eval_models(config)
-    if reference in models:
-        ref = reference
-    else:
-        trained = runs(config)
-        seed = trained[model].seed if model in trained else config["training"]["seeds"][0]
-        ref = f"{reference}-s{seed}"
+    return _reference_of(config["evaluation"][name]["reference"], model, eval_models(config), config["training"]["seeds"])
+
+
+def _reference_of(reference: str, model: str, models: dict[str, dict], seeds: list[int]) -> str | None:
+    ref = reference if reference in models else f"{reference}-s{models[model].get('seed', seeds[0])}"
     return None if ref == model else ref
 
 
 def compared(config: dict) -> list[tuple[str, str, str]]:
     """(test set, model, comparison) for every model that is not its own reference."""
+    models, seeds = eval_models(config), config["training"]["seeds"]
     return [(ts, model, name) for name in comparisons(config) for ts in config["evaluation"]["test_sets"]
-            for model in eval_models(config) if reference_model(config, name, model)]
+            for model in models if _reference_of(config["evaluation"][name]["reference"], model, models, seeds)]
 
 
 def config_digest(config: dict) -> str:

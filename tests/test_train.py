@@ -146,11 +146,11 @@ def test_a_killed_run_resumes_exactly(assets, tmp_path):
 
 
 def test_a_fresh_run_in_a_used_folder_starts_its_own_metrics_log(assets, tmp_path):
-    from drpo.tracking import local_tracker
+    from drpo.tracking import training_tracker
 
     cfg = train_config_from_dict(config(assets, tmp_path / "run", steps=2, method="pso", pso__candidates=6))
     for _ in range(2):
-        Trainer(cfg, tracker=local_tracker(cfg), progress=False).train()
+        Trainer(cfg, tracker=training_tracker(cfg), progress=False).train()
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
 

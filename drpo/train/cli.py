@@ -62,10 +62,9 @@ def main(args: argparse.Namespace) -> int:
     if args.method:
         overrides["method"] = args.method
     cfg = load_train_config(args.config, overrides)
-    from drpo.tracking import local_tracker, training_tracker
+    from drpo.tracking import training_tracker
 
-    # without MLflow the metrics still go to <output_dir>/metrics.jsonl, for curves and tables
-    tracker = training_tracker(cfg) if cfg.tracking.enabled else local_tracker(cfg)
+    tracker = training_tracker(cfg)  # with tracking off, a local metrics.jsonl only
     try:
         trainer = Trainer(cfg, resume=args.resume or False, tracker=tracker, progress=not args.no_progress)
         final = trainer.train()
