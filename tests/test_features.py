@@ -98,7 +98,7 @@ def _reference_encoder(state: dict, x: torch.Tensor, layers) -> dict:
             h = F.relu(res + y)
             if (j + 1) % 2 == 0 and j + 1 < n:
                 out[f"layer{i + 1}_blk{j + 1}"] = h
-        out[f"layer{i + 1}"] = gn(h, f"encoder.layer{i + 1}_norm")
+        h = out[f"layer{i + 1}"] = gn(h, f"encoder.layer{i + 1}_norm")  # stage norm in the main path
     return out
 
 
@@ -113,6 +113,87 @@ def test_latent_mae_architecture_matches_the_written_out_method():
     assert [tuple(got[f"layer{s}"].shape[-2:]) for s in (1, 2, 3, 4)] == [(32, 32), (16, 16), (8, 8), (4, 4)]
     assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)
     assert set(model(x, until="layer2")) == {"conv1", "layer1_blk2", "layer1", "layer2"}
+
+
+def _jax_reference_maps(raw: dict, x: torch.Tensor, layers, *, stage_norm_in_main_path: bool = True) -> dict:
+    """METHOD §2.2(a) in float64 straight from a raw JAX-layout encoder dict (HWIO `*.kernel`, GN
+    `*.scale`/`*.bias`), sharing no code with LatentMAE or its checkpoint reader. With
+    `stage_norm_in_main_path=False` it is the side-branch misreading (layer{s} = GN(h), the next
+    stage runs on h), kept only to show that the comparison tells the two apart."""
+    def kernel(name):  # HWIO → OIHW
+        return raw[name + ".kernel"].double().permute(3, 2, 0, 1)
+
+    def gn(h, name):
+        c = h.shape[1]
+        groups = max(g for g in range(1, 33) if c % g == 0)
+        return F.group_norm(h, groups, raw[name + ".scale"].double(), raw[name + ".bias"].double(), eps=1e-5)
+
+    h = F.relu(gn(F.conv2d(x.double(), kernel("encoder.conv1"), stride=1, padding=1), "encoder.gn1"))
+    maps = {"conv1": h}
+    for i, n in enumerate(layers):
+        s = i + 1
+        for j in range(n):
+            blk, stride = f"encoder.stages_{i}.layers_{j}", 2 if (s > 1 and j == 0) else 1
+            y = F.relu(gn(F.conv2d(h, kernel(blk + ".conv1"), stride=stride, padding=1), blk + ".gn1"))
+            y = gn(F.conv2d(y, kernel(blk + ".conv2"), stride=1, padding=1), blk + ".gn2")
+            if blk + ".proj_conv.kernel" in raw:
+                res = gn(F.conv2d(h, kernel(blk + ".proj_conv"), stride=stride), blk + ".proj_gn")
+            else:
+                assert y.shape == h.shape, f"{blk} changes the shape but has no projection"
+                res = h
+            h = F.relu(res + y)
+            if (j + 1) % 2 == 0 and j + 1 < n:
+                maps[f"layer{s}_blk{j + 1}"] = h
+        maps[f"layer{s}"] = gn(h, f"encoder.layer{s}_norm")
+        if stage_norm_in_main_path:
+            h = maps[f"layer{s}"]
+    return maps
+
+
+def _reference_window_stats(fmap: torch.Tensor, name: str) -> dict:
+    """{name}_mean/_std over the whole map and over 2×2 / 4×4 windows (row-major), std = sqrt(var + 1e-6)."""
+    out = {}
+    for p, suffix in ((fmap.shape[-1], ""), (2, "_2"), (4, "_4")):
+        mean = F.avg_pool2d(fmap, p)
+        var = F.avg_pool2d(fmap.square(), p) - mean.square()
+        out[f"{name}_mean{suffix}"] = mean.flatten(2).transpose(1, 2)
+        out[f"{name}_std{suffix}"] = (var + 1e-6).sqrt().flatten(2).transpose(1, 2)
+    return out
+
+
+def test_latent_mae_matches_an_independent_float64_reference_read_from_a_jax_checkpoint(tmp_path):
+    """Every map and the six layer4 features against the spec written out over the raw JAX
+    tensors, the stage norm in the main path (stage s+1 runs on the normalised `layer{s}`)."""
+    layers = (3, 4, 6, 3)
+    path = save_latent_mae_checkpoint(tmp_path / "jax.pth", widths=(8, 16, 16, 32), seed=7, format="jax")
+    raw = {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True)["state_dict"].items() if k.startswith("encoder.")}
+    assert raw["encoder.conv1.kernel"].shape == (3, 3, 4, 8) and "encoder.layer2_norm.scale" in raw
+    x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    want = _jax_reference_maps(raw, x, layers)
+    assert list(want) == [
+        "conv1", "layer1_blk2", "layer1", "layer2_blk2", "layer2", "layer3_blk2", "layer3_blk4", "layer3", "layer4_blk2", "layer4",
+    ]
+
+    net = load_latent_mae(path)
+    got = net(x)
+    assert list(got) == list(want) == list(net.map_names)
+    for name, ref in want.items():
+        assert got[name].dtype == torch.float32 and got[name].shape == ref.shape, name
+        torch.testing.assert_close(got[name].double(), ref, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+    fm = build_feature_map("latent_mae", path=str(path))
+    feats, want_feats = fm(x), _reference_window_stats(want["layer4"], "layer4")
+    assert list(feats) == list(LAYER4_KEYS) and set(want_feats) == set(LAYER4_KEYS)
+    for key in LAYER4_KEYS:
+        torch.testing.assert_close(feats[key].double(), want_feats[key], rtol=1e-4, atol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
+
+    # the comparison discriminates: the side-branch reading agrees up to layer1 and then departs
+    side = _jax_reference_maps(raw, x, layers, stage_norm_in_main_path=False)
+    assert all(torch.equal(side[k], want[k]) for k in ("conv1", "layer1_blk2", "layer1"))
+    for name in list(want)[3:]:
+        assert (side[name] - want[name]).abs().max() > 1e-2, name
+    side_feats = _reference_window_stats(side["layer4"], "layer4")
+    assert any((side_feats[k] - want_feats[k]).abs().max() > 1e-2 for k in LAYER4_KEYS)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -194,8 +275,9 @@ def test_raw_latent_statistics():
     fm = build_feature_map("latent")
     x = torch.randn(3, 4, 8, 8, requires_grad=True)
     feats = fm(x)
-    assert fm.keys == LATENT_KEYS and {k: tuple(v.shape) for k, v in feats.items()} == {
-        "latent_mean": (3, 1, 4), "latent_std": (3, 1, 4), "latent_mean_2": (3, 16, 4),
+    # the authors' default keys: the raw spatial tokens with the six statistics
+    assert fm.keys == ("latent", *LATENT_KEYS) and {k: tuple(v.shape) for k, v in feats.items()} == {
+        "latent": (3, 64, 4), "latent_mean": (3, 1, 4), "latent_std": (3, 1, 4), "latent_mean_2": (3, 16, 4),
         "latent_std_2": (3, 16, 4), "latent_mean_4": (3, 4, 4), "latent_std_4": (3, 4, 4),
     }
     assert torch.allclose(feats["latent_mean_4"][2, 1], x[2, :, 0:4, 4:8].mean(dim=(1, 2)))

@@ -36,6 +36,7 @@ STD_EPS = 1e-6
 POOLS = (2, 4)
 LAYER4_KEYS = ("layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2", "layer4_mean_4", "layer4_std_4")
 LATENT_KEYS = ("latent_mean", "latent_std", "latent_mean_2", "latent_std_2", "latent_mean_4", "latent_std_4")
+LATENT_DEFAULT_KEYS = ("latent", *LATENT_KEYS)  # the authors' default: raw spatial tokens with the statistics
 TEACHER_BLOCKS = ("down_blocks.2", "mid_block", "up_blocks.0")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -82,6 +83,9 @@ class FeatureMap(nn.Module):
     """Base class: frozen, with named keys and an input kind ("latents" or "pixels" in [-1, 1])."""
 
     input_kind = "latents"
+    # True when two calls on the same input differ (a random mask, input noise): anchors then need
+    # calls of their own rather than detached copies of the generated features
+    stochastic = False
 
     def __init__(self, keys: Sequence[str]):
         super().__init__()
@@ -121,13 +125,15 @@ def _stat_pools(keys: Sequence[str]) -> tuple[int, ...]:
 
 
 class LatentStats(FeatureMap):
-    """Raw latent statistics: the paper's "Latent" ablation (which collapses on SD-Turbo).
+    """Raw latents: the paper's "Latent" ablation (which collapses on SD-Turbo).
 
-    `latent` (all spatial tokens) is opt-in: at 64×64 it is 4096 tokens per image; `spatial_stride`
-    (default $DRPO_LATENT_SPATIAL_STRIDE, else 1) keeps every stride-th row and column.
+    Default keys are the authors': the spatial tokens `latent` with the six statistics. At 64×64
+    `latent` is 4096 tokens per image (a 98k × 164k distance matrix for K = 24 at stride 1), so
+    `spatial_stride` (default $DRPO_LATENT_SPATIAL_STRIDE, else 1) keeps every stride-th row and
+    column; the SD-Turbo paper config sets 4 (256 tokens per image).
     """
 
-    def __init__(self, keys: Sequence[str] = LATENT_KEYS, spatial_stride: int | None = None):
+    def __init__(self, keys: Sequence[str] = LATENT_DEFAULT_KEYS, spatial_stride: int | None = None):
         super().__init__(keys)
         bad = [k for k in self.keys if k not in ("latent", "latent_norm", "latent_flat") and not ((m := _STAT.match(k)) and m["map"] == "latent")]
         if bad:
@@ -275,7 +281,8 @@ class ViTMAEFeatures(FeatureMap):
         if max(self.layers) > depth or min(self.layers) < 1:
             raise ValueError(f"vit_mae: layers {list(self.layers)} outside 1..{depth} of {folder}")
         model.config.mask_ratio = float(mask_ratio)  # the embeddings read it on every call
-        self.model, self.mask_ratio = model, float(mask_ratio)
+        self.model, self.mask_ratio = model.float(), float(mask_ratio)  # fp32, as the authors' features
+        self.stochastic = self.mask_ratio > 0
         self.size = int(model.config.image_size)
         self.patches = (self.size // model.config.patch_size) ** 2
         proc = processor_config(folder)
@@ -284,12 +291,14 @@ class ViTMAEFeatures(FeatureMap):
         self.freeze()
 
     def hidden_states(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Hidden states 0..depth, each (K, 1 + kept patches, D); checks the kept-patch count."""
-        pixels = preprocess_pixels(x, self.size, self.mean, self.std, self.model.dtype)
+        """Hidden states 0..depth, each (K, 1 + kept patches, D), in fp32 outside any autocast
+        (the trainer's fp16/bf16 autocast would otherwise run the ViT in half precision)."""
         noise = None
         if self.mask_ratio == 0.0:
             noise = torch.arange(self.patches, device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
-        out = self.model(pixel_values=pixels, noise=noise, output_hidden_states=True)
+        with torch.autocast(x.device.type, enabled=False):
+            pixels = preprocess_pixels(x, self.size, self.mean, self.std, torch.float32)
+            out = self.model(pixel_values=pixels, noise=noise, output_hidden_states=True)
         kept = int(self.patches * (1 - self.mask_ratio))
         if out.hidden_states[-1].shape[1] != 1 + kept:
             raise RuntimeError(f"vit_mae: expected 1 + {kept} tokens at mask_ratio {self.mask_ratio}, got {out.hidden_states[-1].shape[1]}")
@@ -444,6 +453,7 @@ class TeacherUNetFeatures(FeatureMap):
             self.paths[b] = hits[0]
         self.__dict__["unet"] = unet
         self.noise, self.timestep, self.pool, self.early_exit = float(noise), int(timestep), int(pool), bool(early_exit)
+        self.stochastic = self.noise > 0  # fresh N(0, I) input noise on every call
         self.disable_adapter = disable_adapter or contextlib.nullcontext
 
     def _cond(self, cond: dict | None, k: int) -> dict:

@@ -20,6 +20,11 @@ Canonical key names (those of the exported JAX model; stages `i` and blocks `j` 
     encoder.stages_{i}.layers_{j}.proj_conv.weight / proj_gn.*   1×1 projection when the shape changes
     encoder.layer{i+1}_norm.{weight,bias}        the extra GN after stage i → map `layer{i+1}`
 
+The stage norm is in the main path, not a side branch: `layer{s}` = GN(stage s output) is both a
+returned map and the input of stage s+1, so the `layer{s+1}_blk{b}` maps and `layer{s+1}` come
+after it. Intermediate maps `layer{s}_blk{b}` (b = 2, 4, … < blocks in the stage) are the raw
+block outputs inside a stage.
+
 Also accepted: conv kernels `*.kernel` in JAX HWIO (permuted to OIHW; the layout is read from the
 shape, the suffix breaks ties), GN `*.scale` for `*.weight`, and PyTorch-style names
 `encoder.layer{s}.{j}.` (s 1-based) for `encoder.stages_{s-1}.layers_{j}.`, `norm1`/`norm2` for
@@ -107,6 +112,9 @@ class _Encoder(nn.Module):
 class LatentMAE(nn.Module):
     """The encoder; forward returns every named map: `conv1`, `layer{s}_blk{b}`, `layer{s}`.
 
+    Each `layer{s}` is the stage-s output after its extra GN, and stage s+1 runs on it (stage norm
+    in the main path).
+
     Frozen after loading (eval, requires_grad False); gradients still reach the input.
     """
 
@@ -145,7 +153,8 @@ class LatentMAE(nn.Module):
                     out[f"layer{s}_blk{b}"] = h
                     if until == f"layer{s}_blk{b}":
                         return out
-            out[f"layer{s}"] = getattr(enc, f"layer{s}_norm")(h)
+            h = getattr(enc, f"layer{s}_norm")(h)  # stage norm in the main path: stage s+1 runs on layer{s}
+            out[f"layer{s}"] = h
             if until == f"layer{s}":
                 return out
         return out
