@@ -9,6 +9,7 @@ switched off, and a DDP wrapper would hide that switch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -27,10 +28,13 @@ from drpo.train.config import TrainConfig
 from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed, torch_generator
 from drpo.train.timing import ComponentTimer
 
+log = logging.getLogger(__name__)
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 METRICS_LOG = "metrics.jsonl"  # the tracker's local log; a checkpoint keeps a copy of it
 NEEDS_FEATURES = {"drpo", "drpo_offline"}
 NEEDS_REWARD = {"drpo", "draft", "dpo", "grpo", "pso", "vggflow"}
+GRADIENT_THROUGH_REWARD = {"draft", "vggflow"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,14 +48,17 @@ def build_models(cfg: TrainConfig, device: torch.device) -> Models:
 
     dtype = getattr(torch, cfg.model.dtype)
     gen = OneStepGenerator.from_pretrained(
-        cfg.model.path, cfg.model.family, resolution=cfg.model.resolution, dtype=dtype, device=device
+        cfg.model.path, cfg.model.family, resolution=cfg.model.resolution, dtype=dtype, device=device, timestep=cfg.model.timestep
     )
     gen.add_lora(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets), dropout=cfg.lora.dropout)
     reward = features = None
     if cfg.method in NEEDS_REWARD:
-        from drpo.rewards import build_reward_ensemble
+        from drpo.rewards import build_reward_ensemble, fp32_specs
 
-        reward = build_reward_ensemble([to_dict(r) for r in cfg.reward], device=device)
+        specs = [to_dict(r) for r in cfg.reward]
+        if cfg.method in GRADIENT_THROUGH_REWARD:
+            specs = fp32_specs(specs)
+        reward = build_reward_ensemble(specs, device=device)
     if cfg.method in NEEDS_FEATURES:
         from drpo.models.features import build_feature_map
 
@@ -126,7 +133,9 @@ class Trainer:
 
         self.cfg = cfg
         device = resolve_device(cfg.model.device)
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=device.type == "cpu")
+        # mixed precision is ours (self.autocast, self.scaler), not accelerate's: the same on CPU and GPU,
+        # and accelerate's process-wide state would refuse a second trainer of another precision
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.device = acc.device
@@ -136,6 +145,9 @@ class Trainer:
         self.models = build_models(cfg, self.device)
         self.gen = self.models.generator
         set_seed(cfg.seed + self.rank)  # then each process its own stream (as the authors' trainers)
+        # fp16 needs dynamic loss scaling (METHOD §2.7): the DrPO loss is a mean over 1e4-1e5 elements
+        # divided by the accumulation, so unscaled per-element gradients underflow fp16. bf16 needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
 
         self.start_step = 0
         self.resumed_from: Path | None = None
@@ -201,6 +213,8 @@ class Trainer:
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
         if "method" in state and hasattr(self.method, "tau"):
             self.method.tau = state["method"]["tau"]
@@ -220,6 +234,8 @@ class Trainer:
             tmp.mkdir(parents=True)
             self.gen.save_lora(tmp)
             state = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng}
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
             if hasattr(self.method, "tau"):
                 state["method"] = {"tau": self.method.tau}
             torch.save(state, tmp / "training_state.pt")
@@ -246,27 +262,45 @@ class Trainer:
             torch.distributed.all_reduce(p.grad)
             p.grad /= self.world
 
+    def autocast(self):
+        """Mixed precision of the forward passes (also on CPU, where accelerate's autocast is a no-op for fp16)."""
+        mp = self.cfg.mixed_precision
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(mp, torch.float32), enabled=mp in AUTOCAST_DTYPES)
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         sums: dict[str, float] = defaultdict(float)
+        # methods run their own backward passes (DRaFT one per chunk): each multiplies its loss by
+        # `scale`, so the loss scale travels in it; scaler.scale(1) is that factor (and starts the scaler)
+        loss_scale = float(self.scaler.scale(torch.ones((), device=self.device))) if self.scaler.is_enabled() else 1.0
         for micro in range(cfg.grad_accum):
             global_micro = micro * self.world + self.rank
             batch = self.schedule.batch(step, global_micro)
             noise_gen = torch_generator(micro_seed(cfg.seed, step, global_micro), self.device)
-            with self.accelerator.autocast():
-                metrics = self.method.backward(batch, 1.0 / cfg.grad_accum, noise_gen)
+            with self.autocast():
+                metrics = self.method.backward(batch, loss_scale / cfg.grad_accum, noise_gen)
             for k, v in metrics.items():
                 sums[k] += v / cfg.grad_accum
         with self.timer("optimizer"):
-            self._sync_gradients()
+            self._sync_gradients()  # before unscaling: every process then sees the same inf/NaN and skips alike
+            self.scaler.unscale_(self.optimizer)  # no-op unless fp16
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+            skipped = self.scaler.is_enabled() and not torch.isfinite(grad_norm)
+            self.scaler.step(self.optimizer)  # skips the step when a gradient is inf/NaN (fp16 overflow)
+            self.scaler.update()
+            if not skipped:
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if skipped:
+            log.warning("update %d: inf/NaN gradient at fp16 loss scale %g; step skipped, scale now %g",
+                        step + 1, loss_scale, self.scaler.get_scale())
         self.method.after_update()
         out = dict(sums)
         out["grad_norm"] = float(grad_norm)
         out["lr"] = self.scheduler.get_last_lr()[0]
+        if self.scaler.is_enabled():
+            out["amp/loss_scale"] = loss_scale
+            out["amp/skipped"] = float(skipped)
         timings = self.timer.pop()
         out.update(timings)
         out["time/update"] = sum(timings.values())
