@@ -76,6 +76,7 @@ def _check_references(config: dict, source: str) -> None:
                 f"{source}: models.{name}.path: {path} does not exist. Point it at a local diffusers "
                 f"folder or use a Hugging Face id that is in the offline cache."
             )
+    _check_launcher(launcher(config), "training.launcher", source)
     for name, run in config["training"]["runs"].items():
         if not RUN_NAME.match(name) or "__" in name:
             raise ConfigError(f"{source}: training.runs.{name}: run names use letters, digits, '-', '_', '.' (no '__')")
@@ -92,6 +93,8 @@ def _check_references(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: training.runs.{name}.prompts: '{run['prompts']}' is not in prompt_sets")
         if run["method"] == "drpo_offline" and run.get("dataset") not in datasets and run.get("dataset") != "world_pairs":
             raise ConfigError(f"{source}: training.runs.{name}.dataset: '{run.get('dataset')}' is not in datasets")
+        where = f"training.runs.{name}.launcher" if "launcher" in run else "training.launcher"
+        _check_launcher({**launcher(config), **run.get("launcher", {})}, where, source)
     for name, grid in config["training"].get("ablations", {}).items():
         if grid["run"] not in config["training"]["runs"]:
             raise ConfigError(f"{source}: training.ablations.{name}.run: '{grid['run']}' is not a run")
@@ -135,7 +138,7 @@ class Run:
     id: str  # e.g. "drpo-s42", "drpo-kernel-rbf-s42"
     name: str  # the config's run name (or "<run>-<grid>-<value>")
     seed: int
-    spec: dict  # method, model, reward, prompts, dataset, label, set
+    spec: dict  # method, model, reward, prompts, dataset, label, launcher, set
     overrides: dict  # TrainConfig overrides beyond the defaults
 
 
@@ -183,8 +186,9 @@ def reroot_results(config: Any, old: str, new: str) -> Any:
     return config
 
 
-def runs(config: dict) -> dict[str, Run]:
-    """Every training job the config implies, by id."""
+def _named_runs(config: dict) -> dict[str, tuple[dict, dict]]:
+    """Run name -> (spec, TrainConfig overrides): the config's runs and every ablation point. A point
+    copies its parent run's spec, so it trains with the parent's model, reward and launcher."""
     training = config["training"]
     named: dict[str, tuple[dict, dict]] = {}
     for name, spec in training["runs"].items():
@@ -197,8 +201,14 @@ def runs(config: dict) -> dict[str, Run]:
                 {**spec, "label": label, "ablation": grid, "value": value},
                 merge_overrides(spec.get("set", {}), _dotted(ab["key"], value)),
             )
+    return named
+
+
+def runs(config: dict) -> dict[str, Run]:
+    """Every training job the config implies, by id."""
+    training = config["training"]
     out = {}
-    for name, (spec, overrides) in named.items():
+    for name, (spec, overrides) in _named_runs(config).items():
         for seed in training["seeds"]:
             rid = f"{name}-s{seed}"
             out[rid] = Run(rid, name, seed, spec, overrides)
@@ -351,18 +361,57 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def launcher(config: dict) -> dict:
-    return {"num_processes": 1, "gpus": 0, **config["training"].get("launcher", {})}
+LAUNCHER = {"num_processes": 1, "gpus": 0}
 
 
-def uses_gpu(config: dict) -> bool:
-    return launcher(config)["gpus"] > 0
+def _run_spec(config: dict, run: str) -> tuple[str, dict]:
+    """(run name, spec) of a run id ("grpo-s42") or a run name ("grpo", "drpo-K-16")."""
+    by_id = runs(config)
+    if run in by_id:
+        return by_id[run].name, by_id[run].spec
+    named = _named_runs(config)
+    if run in named:
+        return run, named[run][0]
+    raise ConfigError(f"'{run}' is neither a run id nor a run name of training.runs / training.ablations")
 
 
-def launch_command(config: dict) -> str:
+def launcher(config: dict, run: str | None = None) -> dict:
+    """{num_processes, gpus} of one training job: each key from the run's own `launcher` (an
+    ablation point's parent run), else `training.launcher`, else 1 process and no GPU. Without
+    `run`, the config-level launcher."""
+    out = {**LAUNCHER, **config["training"].get("launcher", {})}
+    if run is not None:
+        out.update(_run_spec(config, run)[1].get("launcher", {}))
+    return out
+
+
+def uses_gpu(config: dict, run: str | None = None) -> bool:
+    return launcher(config, run)["gpus"] > 0
+
+
+def launch_command(config: dict, run: str | None = None) -> str:
     """`drpo` for one process; accelerate for several (multi-GPU training inside one job)."""
-    n = launcher(config)["num_processes"]
+    n = launcher(config, run)["num_processes"]
     return "drpo" if n == 1 else f"accelerate launch --num_processes {n} -m drpo.cli"
+
+
+def prompts_per_update(config: dict, run: str) -> int:
+    """Prompts behind one optimizer update of a run: processes x grad_accum x prompts per micro-step
+    (a run name is read at the first training seed; seeds do not change it)."""
+    name, _ = _run_spec(config, run)
+    run_id = run if run in runs(config) else f"{name}-s{config['training']['seeds'][0]}"
+    cfg = train_config(config, run_id)
+    return launcher(config, run_id)["num_processes"] * cfg["grad_accum"] * cfg["prompts_per_micro_step"]
+
+
+def _check_launcher(launch: dict, where: str, source: str) -> None:
+    """Each accelerate process trains on a GPU of its own: more processes than GPUs is a typo."""
+    if launch["gpus"] > 0 and launch["num_processes"] > launch["gpus"]:
+        raise ConfigError(
+            f"{source}: {where}.num_processes: {launch['num_processes']} processes on {launch['gpus']} GPUs; "
+            f"each accelerate process needs a GPU of its own (set {where}.gpus: {launch['num_processes']}, "
+            f"or gpus: 0 for CPU processes)"
+        )
 
 
 def judge_args(config: dict) -> str:

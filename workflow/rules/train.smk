@@ -34,12 +34,13 @@ rule train:
         final=f"{R}/runs/{{run}}/final/training_state.json",
         metrics=f"{R}/runs/{{run}}/metrics.jsonl",  # every logged step, also when MLflow is unreachable
     params:
-        launch=lambda w: wf.launch_command(config),
+        launch=lambda w: wf.launch_command(config, w.run),
     threads: THREADS
     resources:
-        # `gpu` is what the SLURM plugin turns into sbatch --gpus; `gpus` is what `drpo job` pins
-        gpu=wf.launcher(config)["gpus"],
-        gpus=wf.launcher(config)["gpus"],
+        # the run's launcher (training.runs.<run>.launcher, else training.launcher): `gpu` is what
+        # the SLURM plugin turns into sbatch --gpus; `gpus` is what `drpo job` pins
+        gpu=lambda w: wf.launcher(config, w.run)["gpus"],
+        gpus=lambda w: wf.launcher(config, w.run)["gpus"],
     log:
         f"{R}/logs/train/{{run}}.log",
     conda:
