@@ -10,6 +10,8 @@ for ε-prediction this is exactly the paper's constant projection
 (the shapes world's base, trained from scratch, uses v: the ε form amplifies UNet error ×14.6)
 goes through the same jump with x̂₀ and ε̂ derived from its prediction.
 SDXL-Turbo: the pipeline's own scheduler (Euler ancestral, trailing) for one step.
+Another timestep (an ablation, `model.timestep`) takes the general one-step projection of either
+family: the same jump with ᾱ from a DDPM schedule rescaled to zero terminal SNR (METHOD §2.1).
 
 LoRA checkpoints are `<folder>/unet_lora/` in peft's own format, so `PeftModel.from_pretrained`
 reads them too; `export_pipeline` writes a plain diffusers folder with the LoRA merged.
@@ -37,6 +39,7 @@ SQRT_ALPHA_T, SQRT_ONE_MINUS_ALPHA_T = 0.0683, 0.9977
 SQRT_ALPHA_0, SQRT_ONE_MINUS_ALPHA_0 = 0.9996, 0.0292
 TIMESTEP = 999
 
+ONE_STEP_FILE = "one_step.json"  # beside unet_lora/ when a LoRA was trained at another timestep
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd-turbo", "StableDiffusionXLPipeline": "sdxl-turbo"}
 LORA_DIR = "unet_lora"
 # PeftModel.save_pretrained prefixes every key with this; diffusers' LoRA files use "unet."
@@ -82,9 +85,11 @@ def read_family(folder: Path) -> str:
 class OneStepGenerator:
     """A one-step text-to-image generator with an optional LoRA (see the module docstring)."""
 
-    def __init__(self, pipe, family: str, *, resolution: int | None = None, dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(self, pipe, family: str, *, resolution: int | None = None, dtype: torch.dtype = torch.float32, device="cpu",
+                 timestep: int = TIMESTEP):
         self.pipe = pipe
         self.family = family
+        self.timestep = int(timestep)
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet, self.vae, self.scheduler = pipe.unet, pipe.vae, pipe.scheduler
@@ -99,6 +104,8 @@ class OneStepGenerator:
         side = self.resolution // self.vae_scale_factor
         self.latent_shape = (int(self.unet.config.in_channels), side, side)
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if not 0 < self.timestep <= int(self.scheduler.config.get("num_train_timesteps", 1000)) - 1:
+            raise ValueError(f"model.timestep {self.timestep} is outside 1..{self.scheduler.config.get('num_train_timesteps', 1000) - 1}")
         for module in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
             if module is not None:
                 module.requires_grad_(False).eval()
@@ -118,7 +125,7 @@ class OneStepGenerator:
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, family: str | None = None, *, resolution: int | None = None,
-        dtype: torch.dtype = torch.float32, device="cpu",
+        dtype: torch.dtype = torch.float32, device="cpu", timestep: int = TIMESTEP,
     ) -> OneStepGenerator:
         """Load from a local pipeline folder or the Hugging Face cache; never downloads."""
         folder = resolve_model(path, what="generator")
@@ -142,7 +149,7 @@ class OneStepGenerator:
         transformers_logging.disable_progress_bar()
         pipe = Pipeline.from_pretrained(folder, **kwargs)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, family, resolution=resolution, dtype=dtype, device=device)
+        return cls(pipe, family, resolution=resolution, dtype=dtype, device=device, timestep=timestep)
 
     # -- prompts and noise ----------------------------------------------------------------------
     @torch.no_grad()
@@ -181,21 +188,44 @@ class OneStepGenerator:
             kwargs["added_cond_kwargs"] = {"text_embeds": embeds.pooled, "time_ids": embeds.time_ids}
         return self.unet(sample, t, encoder_hidden_states=embeds.hidden, **kwargs).sample
 
-    def _sd_turbo(self, noise: Tensor, embeds: PromptEmbeds) -> Tensor:
-        t = torch.full((noise.shape[0],), TIMESTEP, device=self.device, dtype=torch.long)
-        out = self._unet(noise, t, embeds)
+    def _jump(self, noise: Tensor, out: Tensor, alphas: tuple[float, float, float, float]) -> Tensor:
+        """DDIM jump from the UNet's timestep to the target: x̂₀ and ε̂ from the prediction, then
+        √ᾱ₀·x̂₀ + √(1−ᾱ₀)·ε̂. `alphas` = (√ᾱ_t, √(1−ᾱ_t), √ᾱ₀, √(1−ᾱ₀))."""
+        sa_t, s1a_t, sa_0, s1a_0 = alphas
         if self.prediction_type == "epsilon":
             eps = out
-            x0 = (noise - SQRT_ONE_MINUS_ALPHA_T * eps) / SQRT_ALPHA_T
+            x0 = (noise - s1a_t * eps) / sa_t
         elif self.prediction_type == "v_prediction":
-            x0 = SQRT_ALPHA_T * noise - SQRT_ONE_MINUS_ALPHA_T * out
-            eps = SQRT_ONE_MINUS_ALPHA_T * noise + SQRT_ALPHA_T * out
+            x0 = sa_t * noise - s1a_t * out
+            eps = s1a_t * noise + sa_t * out
         elif self.prediction_type == "sample":
             x0 = out
-            eps = (noise - SQRT_ALPHA_T * x0) / SQRT_ONE_MINUS_ALPHA_T
+            eps = (noise - sa_t * x0) / s1a_t
         else:
             raise ValueError(f"scheduler prediction_type {self.prediction_type!r} is not epsilon, v_prediction or sample")
-        return SQRT_ALPHA_0 * x0 + SQRT_ONE_MINUS_ALPHA_0 * eps
+        return sa_0 * x0 + s1a_0 * eps
+
+    def projection_alphas(self) -> tuple[float, float, float, float]:
+        """(√ᾱ_t, √(1−ᾱ_t), √ᾱ₀, √(1−ᾱ₀)) of the general projection: a DDPM schedule from the model's
+        scheduler config rescaled to zero terminal SNR, ᾱ and 1−ᾱ clamped at 1e-6 (METHOD §2.1)."""
+        from diffusers import DDPMScheduler
+
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+        config = {k: self.scheduler.config[k] for k in keys if self.scheduler.config.get(k) is not None}
+        alphas = DDPMScheduler(**config, rescale_betas_zero_snr=True).alphas_cumprod.double()
+
+        def pair(a: float) -> tuple[float, float]:
+            return max(a, 1e-6) ** 0.5, max(1.0 - a, 1e-6) ** 0.5
+
+        return (*pair(float(alphas[self.timestep])), *pair(float(alphas[0])))
+
+    def _sd_turbo(self, noise: Tensor, embeds: PromptEmbeds) -> Tensor:
+        t = torch.full((noise.shape[0],), TIMESTEP, device=self.device, dtype=torch.long)
+        return self._jump(noise, self._unet(noise, t, embeds), (SQRT_ALPHA_T, SQRT_ONE_MINUS_ALPHA_T, SQRT_ALPHA_0, SQRT_ONE_MINUS_ALPHA_0))
+
+    def _general(self, noise: Tensor, embeds: PromptEmbeds) -> Tensor:
+        t = torch.full((noise.shape[0],), self.timestep, device=self.device, dtype=torch.long)
+        return self._jump(noise, self._unet(noise, t, embeds), self.projection_alphas())
 
     def _sdxl_turbo(self, noise: Tensor, embeds: PromptEmbeds) -> Tensor:
         scheduler = copy.deepcopy(self.scheduler)  # stateful (step index): one fresh copy per call
@@ -210,7 +240,10 @@ class OneStepGenerator:
         """Clean latents (n, C, h, w) from noise in one step; `reference` = the frozen base, no grad."""
         if len(embeds) != noise.shape[0]:
             raise ValueError(f"{noise.shape[0]} noises but {len(embeds)} prompt embeddings; use embeds.repeat_interleave(k)")
-        step = self._sdxl_turbo if self.family == "sdxl-turbo" else self._sd_turbo
+        if self.timestep != TIMESTEP:
+            step = self._general
+        else:
+            step = self._sdxl_turbo if self.family == "sdxl-turbo" else self._sd_turbo
         noise = noise.to(self.device, self.dtype)
         if reference:
             with self.reference_mode(), torch.no_grad():
@@ -305,6 +338,8 @@ class OneStepGenerator:
         config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
         config.update(base_model_name_or_path=None, inference_mode=True)
         write_text(out / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        if self.timestep != TIMESTEP:  # the LoRA is only right at the timestep it was trained at
+            write_text(Path(folder) / ONE_STEP_FILE, json.dumps({"timestep": self.timestep}) + "\n")
         return out
 
     def load_lora(self, folder: str | os.PathLike) -> None:
@@ -319,6 +354,9 @@ class OneStepGenerator:
         folder = Path(folder)
         src = folder / LORA_DIR if (folder / LORA_DIR).is_dir() else folder
         weights, config_file = src / "adapter_model.safetensors", src / "adapter_config.json"
+        one_step = src.parent / ONE_STEP_FILE
+        if one_step.is_file():
+            self.timestep = int(json.loads(one_step.read_text())["timestep"])
         if not weights.exists() or not config_file.exists():
             raise FileNotFoundError(f"no LoRA at {src} (expected adapter_model.safetensors and adapter_config.json)")
         config = LoraConfig.from_pretrained(str(src))

@@ -209,6 +209,21 @@ def _check_options(name: str, cls: type, options: dict) -> None:
         )
 
 
+def fp32_specs(specs: list[dict]) -> list[dict]:
+    """Specs with `dtype: float32` for every differentiable reward that takes a dtype and names none:
+    DRaFT and VGGFlow back-propagate through the reward in fp32, as the authors' trainers do (its
+    "auto" dtype is fp16 on CUDA, which is right for ranking and metrics but not for gradients)."""
+    out = []
+    for spec in specs:
+        spec = _spec(spec)
+        cls = _resolve(spec["name"])
+        options = dict(spec.get("options") or {})
+        if getattr(cls, "differentiable", False) and "dtype" in inspect.signature(cls).parameters:
+            options.setdefault("dtype", "float32")
+        out.append({**spec, "options": options})
+    return out
+
+
 def build_reward(spec: dict | str, device: str | torch.device = "cpu") -> Reward:
     """A reward from a spec {"name", "weight", "options"} (weight only matters in ensembles)."""
     spec = _spec(spec)
@@ -241,5 +256,5 @@ def build_reward_ensemble(specs: list[dict] | dict | str, device: str | torch.de
 
 __all__ = [
     "REWARDS", "Reward", "RewardEntry", "RewardError", "available_rewards", "build_reward",
-    "build_reward_ensemble", "check_scores", "register_reward",
+    "build_reward_ensemble", "check_scores", "fp32_specs", "register_reward",
 ]

@@ -71,16 +71,21 @@ class CLIPBackbone:
 
         pil = [Image.fromarray(img.permute(1, 2, 0).contiguous().cpu().numpy()) for img in images]
         pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
+        with torch.autocast(self.device.type, enabled=False):  # the model's own dtype, not the trainer's autocast
+            out = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
         return F.normalize(_features(out).float(), dim=-1)
 
     def image_embeds_differentiable(self, images: Tensor) -> Tensor:
-        """float [-1, 1] (N, 3, H, W) with grad → L2-normalised fp32 embeddings (antialiased resize, no crop)."""
-        x = ((images.to(self.device, torch.float32) + 1) / 2).clamp(0, 1)
-        if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
-        x = ((x - self.mean) / self.std).to(self.model.dtype)
-        return F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
+        """float [-1, 1] (N, 3, H, W) with grad → L2-normalised fp32 embeddings (antialiased resize, no crop).
+
+        Outside any autocast: the model runs in its own dtype (fp32 for DRaFT and VGGFlow, see
+        `drpo.rewards.fp32_specs`), not in the trainer's fp16/bf16."""
+        with torch.autocast(self.device.type, enabled=False):
+            x = ((images.to(self.device, torch.float32) + 1) / 2).clamp(0, 1)
+            if x.shape[-2:] != (self.size, self.size):
+                x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
+            x = ((x - self.mean) / self.std).to(self.model.dtype)
+            return F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
 
     @torch.no_grad()
     def text_embeds(self, prompts: list[str]) -> Tensor:
@@ -88,9 +93,10 @@ class CLIPBackbone:
         tok = self.processor.tokenizer(
             list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        out = self.model.get_text_features(
-            input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
-        )
+        with torch.autocast(self.device.type, enabled=False):
+            out = self.model.get_text_features(
+                input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+            )
         return F.normalize(_features(out).float(), dim=-1)
 
 
@@ -211,4 +217,6 @@ class Aesthetic(Reward):
         return self.mlp(self.backbone.image_embeds(images)).squeeze(-1)
 
     def score_differentiable(self, images: Tensor, prompts: list[str]) -> Tensor:
-        return self.mlp(self.backbone.image_embeds_differentiable(images)).squeeze(-1)
+        embeds = self.backbone.image_embeds_differentiable(images)
+        with torch.autocast(self.device.type, enabled=False):  # the head too stays in its own dtype
+            return self.mlp(embeds.to(self.mlp.layers[0].weight.dtype)).squeeze(-1)

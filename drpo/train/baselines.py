@@ -51,6 +51,8 @@ class DRaFT(Method):
             with self.timer("reward"):
                 r = reward.score_differentiable(img, prompts[sl])
             loss = -r.sum() / (b * k)
+            if c.std_weight > 0:  # −λ_std·std_k R: one chunk holds every candidate (checked in the config)
+                loss = loss - c.std_weight * r.float().view(b, k).std(dim=1, unbiased=False).mean()
             if c.ref_l2_weight > 0:
                 x_ref = self.generate(noise[sl], e, reference=True)
                 loss = loss + c.ref_l2_weight * (x.float() - x_ref.float()).pow(2).mean() * (sl.stop - sl.start) / (b * k)
@@ -116,12 +118,12 @@ class GRPOOneStep(Method):
         pnorm = centred.abs().pow(c.p_norm).sum(1, keepdim=True).pow(1 / c.p_norm)
         adv = torch.where(pnorm > 1e-6, (k**0.5) * centred / pnorm.clamp_min(1e-6), torch.zeros_like(centred))
         adv = adv.clamp(-c.adv_clip, c.adv_clip)
-        anchors = torch.stack([torch.randperm(k, generator=noise_gen)[: c.anchors] for _ in range(b)])  # (B, A)
+        anchors = torch.stack([torch.randperm(k, generator=noise_gen, device=noise_gen.device)[: c.anchors].cpu() for _ in range(b)])  # (B, A)
         a_idx = (anchors + torch.arange(b).unsqueeze(1) * k).flatten()
         x_a = self.generate(noise[a_idx], embeds_k.select(a_idx.tolist()))  # anchors re-run with grad
         xh = x_hat.float().flatten(1).view(b, k, -1)
         xa = x_a.float().flatten(1).view(b, c.anchors, -1)
-        xa_old = torch.gather(xh, 1, anchors.unsqueeze(-1).expand(-1, -1, xh.shape[-1]))
+        xa_old = torch.gather(xh, 1, anchors.to(xh.device).unsqueeze(-1).expand(-1, -1, xh.shape[-1]))
         logits = lambda anchor: -(xh.unsqueeze(1) - anchor.unsqueeze(2)).pow(2).mean(-1) / c.tau  # noqa: E731  (B, A, K)
         logp = logits(xa).log_softmax(-1)
         logp_old = logits(xa_old).log_softmax(-1).detach()

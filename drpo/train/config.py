@@ -23,6 +23,7 @@ class ModelConfig:
     resolution: int | None = None  # None: the model's native size
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"  # auto: cuda if available, else cpu
+    timestep: int = 999  # the one step's UNet timestep; another value takes the general projection (§2.1)
 
 
 @dataclass
@@ -101,7 +102,8 @@ class DrPOConfig:
     # and M failing samples are found (§2.6); 0 disables the rollout loop.
     rollout_rounds: int = 4
     binary_reward: bool = False
-    ref_l2_weight: float = 0.0  # optional latent MSE to the reference (§2.4), off by default
+    ref_l2_weight: float = 0.0  # optional MSE to the reference (§2.4, the "perceptual loss" row of §6.5), off by default
+    ref_l2_space: Literal["latent", "features"] = "latent"  # that MSE on latents or on the drift's features
 
 
 @dataclass
@@ -197,6 +199,11 @@ class TrainConfig:
         for name in ("steps", "grad_accum", "prompts_per_micro_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.draft.std_weight > 0 and self.draft.chunk < self.draft.candidates * self.prompts_per_micro_step:
+            raise ValueError(
+                f"draft.std_weight > 0 needs every candidate's reward in one backward: set draft.chunk >= "
+                f"draft.candidates × prompts_per_micro_step ({self.draft.candidates * self.prompts_per_micro_step}), got {self.draft.chunk}"
+            )
         if self.dpo.chosen + self.dpo.rejected > self.dpo.candidates:
             raise ValueError("dpo.chosen + dpo.rejected must be <= dpo.candidates")
 

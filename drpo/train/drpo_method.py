@@ -29,6 +29,11 @@ def _take(feat: Tensor, index: Tensor, k: int) -> Tensor:
     return picked.reshape(-1, *feat.shape[1:])
 
 
+def _permutation(n: int, generator: torch.Generator) -> list[int]:
+    """A random permutation from the micro-step's generator (on its device: CUDA generators too)."""
+    return torch.randperm(n, generator=generator, device=generator.device).tolist()
+
+
 class DrPO(Method):
     name = "drpo"
 
@@ -70,11 +75,31 @@ class DrPO(Method):
                 metrics[f"dist/{name}"] = sum(vals) / len(vals)
         return loss.mean(), metrics
 
-    def select(self, scores: Tensor, noise_gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def select(self, scores: Tensor) -> tuple[Tensor, Tensor]:
         """Disjoint top-P / bottom-M indices per prompt (B, P), (B, M)."""
         d = self.cfg.drpo
         order = scores.argsort(dim=1, descending=True)
         return order[:, : d.positives], order[:, -d.negatives :]
+
+    def anchor_features(self, x: Tensor, feats: dict[str, Tensor], index: Tensor, embeds, k: int) -> dict[str, Tensor]:
+        """Y = φ(sg(x[index])) for rows `index` (B, c) of each prompt's k candidates (§1.6).
+
+        A stochastic map (ViT-MAE's random mask, the teacher UNet's input noise) gets a call of its
+        own, with a fresh mask or noise, as the authors' trainers do (§2.2b, §2.4): a detached copy
+        of the generated feature would sit at distance 1e-4 from its own particle. For a
+        deterministic map that call equals the copy, so the copy is taken.
+        """
+        if not getattr(self.models.features, "stochastic", False):
+            return {key: _take(f.detach(), index, k) for key, f in feats.items()}
+        rows = (index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * k).flatten()
+        return self.features(x.detach().index_select(0, rows.to(x.device)), embeds, index.shape[1], grad=False)
+
+    def ref_l2(self, x: Tensor, x_ref: Tensor, feats: dict[str, Tensor], feats_ref: dict[str, Tensor]) -> Tensor:
+        """The "perceptual loss" reference (§6.5): MSE to the frozen base's samples, on latents or on
+        the drift's features (mean over keys), as `drpo.ref_l2_space` says."""
+        if self.cfg.drpo.ref_l2_space == "latent":
+            return (x.float() - x_ref.float()).pow(2).mean()
+        return torch.stack([(feats[key].float() - feats_ref[key].float()).pow(2).mean() for key in feats]).mean()
 
     def loss(self, batch: list[dict], noise_gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         if self.cfg.drpo.binary_reward and self.cfg.drpo.rollout_rounds > 0:
@@ -87,18 +112,20 @@ class DrPO(Method):
         x = self.generate(noise, embeds_k)
         scores = self.rewards(x, batch, k)  # (B, K), no grad: the reward only ranks
         with self.timer("rank_select"):
-            pos_idx, neg_idx = self.select(scores, noise_gen)
+            pos_idx, neg_idx = self.select(scores)
         feats = self.features(x, embeds, k, grad=True)
-        feats_ref = {}
-        if d.lambda_ref > 0:
+        x_ref, feats_ref = None, {}
+        if d.lambda_ref > 0 or d.ref_l2_weight > 0:
             x_ref = self.generate(noise, embeds_k, reference=True)
+        if d.lambda_ref > 0 or (d.ref_l2_weight > 0 and d.ref_l2_space == "features"):
             feats_ref = self.features(x_ref, embeds, k, grad=False)
-        pos = {key: _take(f.detach(), pos_idx, k) for key, f in feats.items()}
-        neg = {key: _take(f.detach(), neg_idx, k) for key, f in feats.items()}
-        loss, metrics = self.drift_terms(feats, feats_ref, pos, neg, b)
+        pos = self.anchor_features(x, feats, pos_idx, embeds, k)
+        neg = self.anchor_features(x, feats, neg_idx, embeds, k)
+        loss, metrics = self.drift_terms(feats, feats_ref if d.lambda_ref > 0 else {}, pos, neg, b)
         if d.ref_l2_weight > 0:
-            x_ref_l2 = x_ref if d.lambda_ref > 0 else self.generate(noise, embeds_k, reference=True)
-            loss = loss + d.ref_l2_weight * (x.float() - x_ref_l2.float()).pow(2).mean()
+            l2 = self.ref_l2(x, x_ref, feats, feats_ref)
+            loss = loss + d.ref_l2_weight * l2
+            metrics["loss/ref_l2"] = l2.item()
         metrics.update(reward_stats(scores))
         metrics["reward/selected_gap"] = (
             torch.gather(scores, 1, pos_idx).mean() - torch.gather(scores, 1, neg_idx).mean()
@@ -108,55 +135,60 @@ class DrPO(Method):
     def _loss_binary(self, batch: list[dict], noise_gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         """§2.6: rounds of K no-grad candidates until P passing and M failing ones are found.
 
-        Prompts that stay all-pass or all-fail after the last round are skipped (no gradient).
-        The chosen noises are re-run with gradient; the generated set is those P + M samples.
+        Pools are capped (random subsets when over): P passing, M + (K − P) failing. Positives are
+        the passing pool, negatives M random failing samples, and the generated set that carries
+        gradient is every collected sample except the negatives: the positives plus the surplus
+        failing samples, at most K like the online recipe. The chosen noises are re-run through the
+        student (with gradient for the generated set) and the reference. Prompts that stay all-pass
+        or all-fail after the last round are skipped; they contribute zero to the micro-step's mean.
         """
         d = self.cfg.drpo
-        k = d.candidates
+        k, p_cap, f_cap = d.candidates, d.positives, d.negatives + d.candidates - d.positives
         embeds = self.encode(batch)
-        kept_rows, kept_noise, tried, all_scores = [], [], 0, []
+        tried, all_scores, losses, sizes = 0, [], [], []
+        drift_metrics: dict[str, list[float]] = {}
         for b, row in enumerate(batch):
-            e = embeds.select([b]).repeat_interleave(k)
+            e = embeds.select([b])
+            e_k = e.repeat_interleave(k)
             passing, failing = [], []
             for _ in range(d.rollout_rounds):
                 noise = self.gen.sample_noise(k, generator=noise_gen)
-                x = self.generate(noise, e, grad=False)
-                s = self.rewards(x, [row], k)[0]
+                s = self.rewards(self.generate(noise, e_k, grad=False), [row], k)[0]
                 all_scores.append(s)
                 tried += k
                 passing += [noise[i] for i in range(k) if s[i] > 0.5]
                 failing += [noise[i] for i in range(k) if s[i] <= 0.5]
                 if len(passing) >= d.positives and len(failing) >= d.negatives:
                     break
-            if len(passing) >= d.positives and len(failing) >= d.negatives:
-                pick_p = torch.randperm(len(passing), generator=noise_gen)[: d.positives].tolist()
-                pick_n = torch.randperm(len(failing), generator=noise_gen)[: d.negatives].tolist()
-                kept_rows.append(b)
-                kept_noise.append(torch.stack([passing[i] for i in pick_p] + [failing[i] for i in pick_n]))
+            if len(passing) < d.positives or len(failing) < d.negatives:
+                continue
+            passing = [passing[i] for i in _permutation(len(passing), noise_gen)[:p_cap]]
+            failing = [failing[i] for i in _permutation(len(failing), noise_gen)[:f_cap]]
+            negatives, surplus = failing[: d.negatives], failing[d.negatives :]
+            gen_noise = torch.stack(passing + surplus)  # the generated set: positives first
+            n = gen_noise.shape[0]
+            x = self.generate(gen_noise, e.repeat_interleave(n))
+            feats = self.features(x, e, n, grad=True)
+            pos = self.anchor_features(x, feats, torch.arange(d.positives, device=x.device)[None], e, n)
+            x_neg = self.generate(torch.stack(negatives), e.repeat_interleave(d.negatives), grad=False)
+            neg = self.features(x_neg, e, d.negatives, grad=False)
+            feats_ref = {}
+            if d.lambda_ref > 0:
+                feats_ref = self.features(self.generate(gen_noise, e.repeat_interleave(n), reference=True), e, n, grad=False)
+            loss, m = self.drift_terms(feats, feats_ref, pos, neg, 1)
+            losses.append(loss)
+            sizes.append(n)
+            for key, v in m.items():
+                drift_metrics.setdefault(key, []).append(v)
         scores = torch.cat(all_scores)
-        metrics = {"reward/mean": scores.mean().item(), "rollout/skipped": float(len(batch) - len(kept_rows)), "rollout/candidates": float(tried)}
-        if not kept_rows:
+        metrics = {"reward/mean": scores.mean().item(), "rollout/skipped": float(len(batch) - len(losses)), "rollout/candidates": float(tried)}
+        if not losses:
             # nothing to learn from this micro-step: a zero loss that still touches the graph
             zero = sum(p.sum() for p in self.gen.trainable_parameters()) * 0.0
             return zero, metrics
-        n = d.positives + d.negatives
-        sets = len(kept_rows)
-        e = embeds.select(kept_rows)
-        e_n = e.repeat_interleave(n)
-        noise = torch.cat(kept_noise)
-        x = self.generate(noise, e_n)
-        feats = self.features(x, e, n, grad=True)
-        feats_ref = {}
-        if d.lambda_ref > 0:
-            feats_ref = self.features(self.generate(noise, e_n, reference=True), e, n, grad=False)
-        pos_idx = torch.arange(d.positives).expand(sets, -1)
-        neg_idx = torch.arange(d.positives, n).expand(sets, -1)
-        pos = {key: _take(f.detach(), pos_idx, n) for key, f in feats.items()}
-        neg = {key: _take(f.detach(), neg_idx, n) for key, f in feats.items()}
-        loss, drift_metrics = self.drift_terms(feats, feats_ref, pos, neg, sets)
-        metrics.update(drift_metrics)
-        # skipped prompts contribute zero: scale so the loss stays a mean over the micro-step's prompts
-        return loss * (sets / len(batch)), metrics
+        metrics["rollout/generated"] = sum(sizes) / len(sizes)
+        metrics.update({key: sum(v) / len(v) for key, v in drift_metrics.items()})
+        return torch.stack(losses).sum() / len(batch), metrics
 
 
 class OfflineDrPO(DrPO):
@@ -211,13 +243,13 @@ class OfflineDrPO(DrPO):
                 z = lambda v: (v - v.mean()) / v.std(unbiased=False).clamp_min(1e-6)  # noqa: E731
                 scores += z(dn - dp) if o.score == "margin" else z(dn) - z(dp)
             scores = scores / len(feats)
-            pos_idx, neg_idx = self.select(scores[None], noise_gen)
+            pos_idx, neg_idx = self.select(scores[None])
         # gradient set: the top fraction minus the negatives (fallback: the best one)
         top = scores.argsort(descending=True)[: max(1, int(round(k * o.top_fraction)))]
         gen_idx = [i for i in top.tolist() if i not in set(neg_idx[0].tolist())] or [int(top[0])]
         gi = torch.tensor(gen_idx, device=x.device)[None]
-        pos = {key: _take(f.detach(), pos_idx, k) for key, f in feats.items()}
-        neg = {key: _take(f.detach(), neg_idx, k) for key, f in feats.items()}
+        pos = self.anchor_features(x, feats, pos_idx, embeds, k)
+        neg = self.anchor_features(x, feats, neg_idx, embeds, k)
         if o.use_data_anchors:
             pos = {key: torch.cat([v, chosen[key]]) for key, v in pos.items()}
             neg = {key: torch.cat([v, rejected[key]]) for key, v in neg.items()}
