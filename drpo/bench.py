@@ -1,6 +1,7 @@
 """`drpo bench`: the paper's speed claim and the drift's cost, measured (benchmarks, not tests).
 
     drpo bench update   # seconds per update, DrPO vs DRaFT at matched effective batch (METHOD.md §6.3)
+    drpo bench memory   # peak memory of one full-size SD-Turbo DrPO update, gradient checkpointing off/on
     drpo bench drift    # time and peak memory of the drift field across N, D, radii and batched B
 
 `update` builds a tiny SD-Turbo twin and a CLIP reward whose parameter count is `--reward-ratio`
@@ -105,6 +106,60 @@ def bench_update(args) -> dict:
               "effective_batch": args.candidates * args.prompts_per_update, "repeats": args.repeats, "rows": rows, **_machine()}
     write_json(out / "update.json", result)
     _plot_update(rows, out / "update.png")
+    return result
+
+
+def bench_memory(args) -> dict:
+    """Peak memory of one DrPO update of SD-Turbo's full-size architecture (random weights), with and
+    without gradient checkpointing. The SD-Turbo recipe (§2.3): K candidates all carry gradient
+    through the UNet, latent-MAE features of layer4, sum over keys, the reference drift on; the
+    reward (no gradient) is not part of the update's backward, so a cheap one ranks here."""
+    from drpo.models.features import LAYER4_KEYS
+    from drpo.models.latent_mae import save_latent_mae_checkpoint
+    from drpo.models.tiny import build_sd_turbo_sized
+    from drpo.train.config import train_config_from_dict
+    from drpo.train.trainer import Trainer
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    cuda = torch.cuda.is_available()
+    resolution = args.resolution or (512 if cuda else 128)
+    candidates = args.candidates or (24 if cuda else 4)
+    out = Path(args.out)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = build_sd_turbo_sized(tmp / "model", resolution=resolution)
+        # latent-MAE of ResNet-34 depth; widths are our assumption (the checkpoint sets them)
+        mae = save_latent_mae_checkpoint(tmp / "mae.pth", widths=(64, 128, 256, 512))
+        (tmp / "prompts.txt").write_text("a photo of a red circle\n")
+        side = resolution // 64  # layer4 is 1/8 of the 1/8 latent: 8×8 at 512 px
+        keys = [k for k in LAYER4_KEYS if not k[-2:-1] == "_" or side % int(k[-1]) == 0]  # windows that fit
+        for checkpointing in (False, True):
+            cfg = train_config_from_dict({
+                "method": "drpo", "seed": 42, "steps": 1, "grad_accum": 1, "output_dir": str(tmp / "run"),
+                "mixed_precision": "fp16" if cuda else "no", "gradient_checkpointing": checkpointing,
+                "model": {"path": str(model), "dtype": "float16" if cuda else "float32", "resolution": resolution},
+                "prompts": {"path": str(tmp / "prompts.txt")}, "reward": "brightness",
+                "features": {"name": "latent_mae", "options": {"path": str(mae), "keys": keys}}, "lora": {"rank": 16, "alpha": 16},
+                "checkpoint": {"every": 0}, "tracking": {"enabled": False, "sample_grid_every": 0},
+                "drpo": {"candidates": candidates, "positives": candidates // 3, "negatives": candidates // 3},
+            })
+            trainer = Trainer(cfg, progress=False)
+            trainer.train_step(0)  # warm-up: optimizer state and allocator caches exist before measuring
+            start = time.perf_counter()
+            peak = _peak_mib(lambda: trainer.train_step(1), trainer.device)
+            rows.append({"gradient_checkpointing": checkpointing, "keys": keys, "peak_mib": peak, "seconds": time.perf_counter() - start})
+            print(f"gradient checkpointing {'on ' if checkpointing else 'off'}: peak {peak:.0f} MiB above the loaded models, "
+                  f"{rows[-1]['seconds']:.1f} s per update", flush=True)
+            del trainer
+    plain, ckpt = rows[0]["peak_mib"], rows[1]["peak_mib"]
+    result = {"benchmark": "memory", "resolution": resolution, "candidates": candidates, "device": "cuda" if cuda else "cpu",
+              "rows": rows, "checkpointing_saves": None if not plain or ckpt is None else 1 - ckpt / plain, **_machine()}
+    if cuda:
+        result["fits_80gb"] = {str(r["gradient_checkpointing"]): r["peak_mib"] + torch.cuda.memory_allocated() / 2**20 < 80 * 1024 for r in rows}
+    if result["checkpointing_saves"] is not None:
+        print(f"checkpointing saves {100 * result['checkpointing_saves']:.0f} % of the update's peak at {resolution} px, K = {candidates}")
+    write_json(out / "memory.json", result)
     return result
 
 
@@ -283,12 +338,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--resolution", type=int, default=None, help="image side (default 32 for tiny, 512 for sd-turbo)")
     u.add_argument("--threads", type=int, default=None)
     u.add_argument("--out", default="results/bench")
+    m = sub.add_parser("memory", help="peak memory of one full-size SD-Turbo DrPO update, with and without gradient checkpointing",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m.add_argument("--resolution", type=int, default=None, help="image side (None: 512 on CUDA, 128 on CPU)")
+    m.add_argument("--candidates", type=int, default=None, help="K per prompt (None: 24 on CUDA, 4 on CPU)")
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    m.add_argument("--out", default="results/bench", help="folder for memory.json")
     d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts")
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--out", default="results/bench")
 
 
 def main(args: argparse.Namespace) -> int:
-    (bench_update if args.bench == "update" else bench_drift)(args)
+    {"update": bench_update, "memory": bench_memory, "drift": bench_drift}[args.bench](args)
     print(f"wrote {args.out}")
     return 0

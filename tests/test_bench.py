@@ -22,3 +22,19 @@ def test_bench_drift_records_peak_memory_and_batching(tmp_path):
     assert by_d[81920]["peak_mib"] > 12 > by_d[64]["peak_mib"] >= 0
     assert [b["n"] for b in result["batched_vs_separate"]] == [24, 96, 384]
     assert all(b["batched_s"] > 0 and b["separate_s"] > 0 for b in result["batched_vs_separate"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
+def test_bench_memory_measures_a_full_size_update_with_and_without_checkpointing(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([str(Path(sys.executable).with_name("drpo")), "bench", "memory", "--resolution", "128", "--candidates", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "memory.json").read_text())
+    assert result["resolution"] == 128 and result["candidates"] == 3 and result["device"] == "cpu"
+    plain, ckpt = (r["peak_mib"] for r in result["rows"])
+    # the full-size UNet's activations at 16×16 latents for 3 candidates are hundreds of MiB
+    assert plain > 200 and ckpt < plain
+    assert result["rows"][0]["keys"] == ["layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2"]  # layer4 is 2×2 at 128 px
+    assert "checkpointing saves" in proc.stdout

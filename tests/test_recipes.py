@@ -247,3 +247,18 @@ def test_another_timestep_uses_the_general_projection_with_rescaled_alphas(asset
     with pytest.raises(ValueError, match="timestep 1000"):
         OneStepGenerator.from_pretrained(assets / "sd", timestep=1000)
     assert train_config_from_dict({"model": {"timestep": 500}}).model.timestep == 500
+
+
+# -- memory: gradient checkpointing and VAE slicing change no number ---------------------------
+
+
+def test_gradient_checkpointing_gives_the_same_update(assets, tmp_path):
+    grads = {}
+    for on in (False, True):
+        trainer = trainer_for(assets, tmp_path / str(on), gradient_checkpointing=on)
+        assert trainer.gen.unet.is_gradient_checkpointing is on and trainer.gen.vae.use_slicing
+        seen = []
+        trainer.optimizer.register_step_pre_hook(lambda opt, *_: seen.append(torch.cat([p.grad.flatten() for p in trainer.params])))
+        trainer.train_step(0)
+        grads[on] = seen[0]
+    assert grads[False].abs().sum() > 0 and torch.allclose(grads[True], grads[False], rtol=1e-4, atol=1e-7)

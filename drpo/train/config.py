@@ -171,6 +171,7 @@ class TrainConfig:
     grad_accum: int = 8  # micro-steps per update (per process)
     prompts_per_micro_step: int = 1  # several prompts batched along B where memory allows
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False  # recompute UNet/VAE activations in backward (memory for time)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)

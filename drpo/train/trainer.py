@@ -51,6 +51,8 @@ def build_models(cfg: TrainConfig, device: torch.device) -> Models:
         cfg.model.path, cfg.model.family, resolution=cfg.model.resolution, dtype=dtype, device=device, timestep=cfg.model.timestep
     )
     gen.add_lora(rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=tuple(cfg.lora.targets), dropout=cfg.lora.dropout)
+    if cfg.gradient_checkpointing:
+        gen.enable_gradient_checkpointing()
     reward = features = None
     if cfg.method in NEEDS_REWARD:
         from drpo.rewards import build_reward_ensemble, fp32_specs
