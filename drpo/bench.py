@@ -45,13 +45,13 @@ def _reward_clip(folder: Path, target_params: int, image_size: int) -> int:
     return n
 
 
-def _time_method(method: str, model: Path, reward: Path, prompts: Path, out: Path, *, candidates: int, prompts_per_update: int,
-                 repeats: int, dtype: str = "float32") -> dict:
+def _trainer(method: str, model: Path, reward: Path, prompts: Path, out: Path, *, candidates: int, prompts_per_update: int,
+             dtype: str = "float32"):
     from drpo.train.config import train_config_from_dict
     from drpo.train.trainer import Trainer
 
     common = {
-        "seed": 42, "steps": repeats + 1, "grad_accum": prompts_per_update, "prompts_per_micro_step": 1,
+        "seed": 42, "steps": 10_000, "grad_accum": prompts_per_update, "prompts_per_micro_step": 1,
         "output_dir": str(out / method), "model": {"path": str(model), "dtype": dtype}, "prompts": {"path": str(prompts)},
         "reward": {"name": "pickscore", "options": {"path": str(reward)}}, "lora": {"rank": 16, "alpha": 16},
         "checkpoint": {"every": 0}, "tracking": {"enabled": False, "sample_grid_every": 0},
@@ -61,15 +61,68 @@ def _time_method(method: str, model: Path, reward: Path, prompts: Path, out: Pat
                "drpo": {"candidates": candidates, "positives": candidates // 2, "negatives": candidates // 2, "lambda_ref": 0.0}}
     else:  # DRaFT streams candidates one at a time, a backward per candidate
         cfg = {**common, "method": "draft", "draft": {"candidates": candidates, "chunk": 1}}
-    trainer = Trainer(train_config_from_dict(cfg), progress=False)
-    updates = []
-    for step in range(repeats + 1):
-        metrics = trainer.train_step(step)
-        if step:
-            updates.append({k: v for k, v in metrics.items() if k.startswith("time/")})
-    total = [u["time/update"] for u in updates]
-    parts = {k: statistics.mean(u.get(k, 0.0) for u in updates) for k in sorted({k for u in updates for k in u})}
-    return {"seconds": statistics.mean(total), "stdev": statistics.stdev(total) if len(total) > 1 else 0.0, "components": parts}
+    return Trainer(train_config_from_dict(cfg), progress=False)
+
+
+def _timed_update(trainer, step: int) -> dict[str, float]:
+    """One update: its wall time and the trainer's per-component times."""
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    metrics = trainer.train_step(step)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"wall": time.perf_counter() - start, **{k[5:]: v for k, v in metrics.items() if k.startswith("time/") and k != "time/update"}}
+
+
+# DrPO's irreducible parts (§6.3): sampling the K candidates (prompt encoding included), the reward's
+# forward (decoding to images included), the features' forward, one backward through the features
+# and the generator, and the optimizer step. The rest is drift, selection, data movement and Python.
+FLOOR = {"sampling": ("encode_prompts", "sampling"), "reward forward": ("decoding", "reward"), "features forward": ("features",),
+         "backward (features + generator)": ("backward",), "optimizer": ("optimizer",)}
+MAX_SPREAD = 0.25  # relative interquartile range of the pairwise ratios above which no headline is printed
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return q[0], q[1], q[2]
+
+
+def _time_pair(drpo, draft, repeats: int, warmup: int) -> dict:
+    """DrPO and DRaFT updates interleaved (A B A B ...) after warm-up, so a change in the machine's
+    load hits both alike; the speed-up is computed pair by pair, reported as median, min and max."""
+    for step in range(warmup):
+        _timed_update(drpo, step)
+        _timed_update(draft, step)
+    pairs = []
+    for i in range(repeats):
+        if i % 2 == 0:  # alternate which goes first, so neither always follows the other
+            a = _timed_update(drpo, warmup + i)
+            b = _timed_update(draft, warmup + i)
+        else:
+            b = _timed_update(draft, warmup + i)
+            a = _timed_update(drpo, warmup + i)
+        pairs.append((a, b))
+    ratios = [b["wall"] / a["wall"] for a, b in pairs]
+    q1, median, q3 = _quartiles(ratios)
+
+    def method(updates: list[dict]) -> dict:
+        walls = [u["wall"] for u in updates]
+        parts = {k: statistics.median(u.get(k, 0.0) for u in updates) for k in sorted({k for u in updates for k in u} - {"wall"})}
+        return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls), "components": parts}
+
+    drpo_stats, draft_stats = method([a for a, _ in pairs]), method([b for _, b in pairs])
+    floor = {name: statistics.median(sum(a.get(k, 0.0) for k in keys) for a, _ in pairs) for name, keys in FLOOR.items()}
+    # what is left beyond the floor, update by update (the timers run inside the wall time)
+    left_each = [a["wall"] - sum(a.get(k, 0.0) for keys in FLOOR.values() for k in keys) for a, _ in pairs]
+    left = statistics.median(left_each)
+    return {
+        "drpo": drpo_stats, "draft": draft_stats, "ratios": ratios,
+        "speedup": {"median": median, "min": min(ratios), "max": max(ratios), "q1": q1, "q3": q3},
+        "spread": (q3 - q1) / median, "stable": (q3 - q1) / median <= MAX_SPREAD,
+        "drpo_floor": {**floor, "left over": left, "left over share": left / drpo_stats["median_s"], "left over each": left_each,
+                       "drift": drpo_stats["components"].get("drift", 0.0), "rank_select": drpo_stats["components"].get("rank_select", 0.0)},
+    }
 
 
 def bench_update(args) -> dict:
@@ -87,23 +140,28 @@ def bench_update(args) -> dict:
             model = build_tiny_sd_turbo(tmp / "model", resolution=resolution, unet_channels=(64, 128), cross_attention_dim=64)
         unet_params = sum(p.numel() for p in OneStepGenerator.from_pretrained(model).unet.parameters())
         (tmp / "prompts.txt").write_text("\n".join(f"a photo of a red circle number {i}" for i in range(64)) + "\n")
+        dtype = "bfloat16" if args.generator == "sd-turbo" and torch.cuda.is_available() else "float32"
         rows = []
         for ratio in args.reward_ratio:
             reward = tmp / f"reward_{ratio:g}"
             # the reward sees the generated images, at most at CLIP's 224 px
             reward_params = _reward_clip(reward, int(ratio * unet_params), min(resolution, 224))
+            trainers = [_trainer(m, model, reward, tmp / "prompts.txt", tmp / "runs", candidates=args.candidates,
+                                 prompts_per_update=args.prompts_per_update, dtype=dtype) for m in ("drpo", "draft")]
             row = {"reward_ratio_target": ratio, "reward_params": reward_params, "unet_params": unet_params,
-                   "reward_ratio": reward_params / unet_params}
-            for method in ("drpo", "draft"):
-                row[method] = _time_method(method, model, reward, tmp / "prompts.txt", tmp / "runs", candidates=args.candidates,
-                                           prompts_per_update=args.prompts_per_update, repeats=args.repeats,
-                                           dtype="bfloat16" if args.generator == "sd-turbo" and torch.cuda.is_available() else "float32")
-            row["speedup"] = row["draft"]["seconds"] / row["drpo"]["seconds"]
+                   "reward_ratio": reward_params / unet_params, **_time_pair(*trainers, args.repeats, args.warmup)}
+            del trainers
             rows.append(row)
-            print(f"reward/generator {row['reward_ratio']:.1f}×: DRaFT {row['draft']['seconds']:.2f} s, DrPO {row['drpo']['seconds']:.2f} s "
-                  f"per update → {row['speedup']:.2f}× (paper: 3.51× at ≈9×)", flush=True)
+            sp, fl = row["speedup"], row["drpo_floor"]
+            head = (f"{sp['median']:.2f}× (pairs {sp['min']:.2f}–{sp['max']:.2f}; paper: 3.51× at ≈9×)" if row["stable"] else
+                    f"no headline: the pairwise ratios spread {100 * row['spread']:.0f} % (IQR/median > {100 * MAX_SPREAD:.0f} %); "
+                    f"the machine is too busy, run again")
+            print(f"reward/generator {row['reward_ratio']:.1f}×: DRaFT {row['draft']['median_s']:.3f} s, DrPO {row['drpo']['median_s']:.3f} s "
+                  f"per update (medians of {args.repeats} interleaved pairs) → {head}; DrPO left over beyond its floor "
+                  f"{1000 * fl['left over']:.1f} ms ({100 * fl['left over share']:.1f} %)", flush=True)
     result = {"benchmark": "update", "generator": args.generator, "candidates": args.candidates, "prompts_per_update": args.prompts_per_update,
-              "effective_batch": args.candidates * args.prompts_per_update, "repeats": args.repeats, "rows": rows, **_machine()}
+              "effective_batch": args.candidates * args.prompts_per_update, "repeats": args.repeats, "warmup": args.warmup,
+              "rows": rows, **_machine()}
     write_json(out / "update.json", result)
     _plot_update(rows, out / "update.png")
     return result
@@ -171,19 +229,20 @@ def _plot_update(rows: list[dict], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     x = [r["reward_ratio"] for r in rows]
-    a.plot(x, [r["speedup"] for r in rows], "o-", label="ours")
+    med = [r["speedup"]["median"] for r in rows]
+    a.errorbar(x, med, yerr=[[m - r["speedup"]["min"] for m, r in zip(med, rows)], [r["speedup"]["max"] - m for m, r in zip(med, rows)]],
+               fmt="o-", capsize=4, label="ours (median, pairwise min–max)")
     a.axhline(3.51, color="gray", ls="--", label="paper (HPSv3, ≈9×)")
     a.set_xlabel("reward / generator parameters")
     a.set_ylabel("DRaFT seconds ÷ DrPO seconds per update")
     a.legend()
     last = rows[-1]
-    comps = sorted(set(last["drpo"]["components"]) | set(last["draft"]["components"]) - {"time/update"})
-    comps = [c for c in comps if c != "time/update"]
+    comps = sorted(set(last["drpo"]["components"]) | set(last["draft"]["components"]))
     for i, m in enumerate(("draft", "drpo")):
         bottom = 0.0
         for c in comps:
             v = last[m]["components"].get(c, 0.0)
-            b.bar(i, v, bottom=bottom, label=c.split("/")[1] if i == 0 else None)
+            b.bar(i, v, bottom=bottom, label=c if i == 0 else None)
             bottom += v
     b.set_xticks([0, 1], ["DRaFT", "DrPO"])
     b.set_ylabel(f"seconds per update (reward {last['reward_ratio']:.1f}× generator)")
@@ -327,11 +386,16 @@ def _machine() -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    u = sub.add_parser("update", help="seconds per update, DrPO vs DRaFT at matched effective batch")
+    u = sub.add_parser("update", help="seconds per update, DrPO vs DRaFT at matched effective batch",
+                       description="DrPO and DRaFT updates on the same generator, reward and prompts, interleaved A B A B after "
+                                   "a warm-up; prints the median pairwise speed-up with its range and DrPO's time beyond its "
+                                   "irreducible parts (sampling, reward forward, features forward, backward, optimizer).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     u.add_argument("--reward-ratio", type=float, nargs="+", default=[1, 4, 9], help="reward parameters ÷ generator UNet parameters")
     u.add_argument("--candidates", type=int, default=8, help="K per prompt")
     u.add_argument("--prompts-per-update", type=int, default=2)
-    u.add_argument("--repeats", type=int, default=3, help="timed updates (after one warm-up)")
+    u.add_argument("--repeats", type=int, default=9, help="timed DrPO/DRaFT pairs, interleaved (after the warm-up)")
+    u.add_argument("--warmup", type=int, default=2, help="untimed updates of each method first")
     u.add_argument("--generator", choices=["tiny", "sd-turbo"], default="tiny",
                    help="tiny: a 64/128-channel SD-Turbo-class UNet (CPU); sd-turbo: SD-Turbo's full-size UNet and VAE, "
                         "random weights (use on a GPU)")
@@ -344,7 +408,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--candidates", type=int, default=None, help="K per prompt (None: 24 on CUDA, 4 on CPU)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     m.add_argument("--out", default="results/bench", help="folder for memory.json")
-    d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts")
+    d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts",
+                       description="Time and peak memory of one drift field (forward + backward) as N, P, M, D, the radii "
+                                   "and the number of batched prompt sets vary.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--out", default="results/bench")
 

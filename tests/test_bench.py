@@ -38,3 +38,23 @@ def test_bench_memory_measures_a_full_size_update_with_and_without_checkpointing
     assert plain > 200 and ckpt < plain
     assert result["rows"][0]["keys"] == ["layer4_mean", "layer4_std", "layer4_mean_2", "layer4_std_2"]  # layer4 is 2×2 at 128 px
     assert "checkpointing saves" in proc.stdout
+
+
+def test_bench_update_interleaves_pairs_and_accounts_for_drpos_floor(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([str(Path(sys.executable).with_name("drpo")), "bench", "update", "--reward-ratio", "1", "--repeats", "3",
+                           "--warmup", "1", "--candidates", "4", "--prompts-per-update", "1", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((out / "update.json").read_text())["rows"]
+    assert len(row["ratios"]) == 3 and row["speedup"]["min"] <= row["speedup"]["median"] <= row["speedup"]["max"]
+    assert row["speedup"]["median"] == sorted(row["ratios"])[1]  # the median pair, not a ratio of means
+    floor = row["drpo_floor"]
+    parts = ("sampling", "reward forward", "features forward", "backward (features + generator)", "optimizer", "left over")
+    assert sum(floor[p] for p in parts) == pytest.approx(row["drpo"]["median_s"], rel=0.3)  # medians of parts
+    assert len(floor["left over each"]) == 3 and min(floor["left over each"]) >= 0  # the timers run inside the wall time
+    assert floor["drift"] > 0 and 0 <= floor["left over share"] < 1
+    assert row["stable"] is (row["spread"] <= 0.25)
+    line = proc.stdout.splitlines()[0]
+    assert ("pairs" in line) if row["stable"] else ("no headline" in line)
+    assert "left over beyond its floor" in line
