@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("drpo.eval.tables_cli", "the paper's tables and figures from a results file, paper values beside ours"),
     "prompts": ("drpo.data.cli", "prepare public prompt sets (sha256-checked), Pick-a-Pic pairs, train/test disjointness"),
     "world": ("drpo.world.cli", "the synthetic shapes world: GenEval-format prompts, rendered pictures"),
+    "fetch": ("drpo.fetch", "list every model, weight file and dataset a config needs (sizes, present/missing) and download the missing ones"),
     "judge": ("drpo.eval.judge_cli", "pairwise preference of two sample sets by a Qwen3-VL / OpenAI-compatible / world judge (resumable)"),
 }
 
