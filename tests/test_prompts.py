@@ -1,4 +1,6 @@
-"""Prompt sets (sha256-checked copies in ../shared/data), disjointness, Pick-a-Pic pair building."""
+"""Prompt sets (sha256-checked copies packaged in drpo/data/public/), disjointness, Pick-a-Pic pair building.
+
+tests/test_packaged_prompts.py checks the packaged files themselves and that the workflow needs nothing else."""
 
 from __future__ import annotations
 
@@ -16,48 +18,45 @@ from drpo.cli import main as drpo_main
 from drpo.data import prompts as P
 from drpo.data.pickapic import build_pickapic_pairs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (shared prompt copies) is absent")
 
 
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@needs_shared
 @pytest.mark.parametrize("name,count", [("partiprompts", 1632), ("geneval", 553), ("pickapic_test_2048", 2048),
                                         ("geneval_object_names", 80)])
-def test_prepare_public_set_from_local_copy(tmp_path, name, count):
-    out = P.prepare_prompt_set(name, tmp_path / f"{name}.jsonl", local_dir=SHARED)
+def test_prepare_public_set_from_packaged_copy(tmp_path, name, count):
+    out = P.prepare_prompt_set(name, tmp_path / f"{name}.jsonl")
     rows = read_rows(out)
     assert len(rows) == count
     assert [r["prompt_id"] for r in rows] == list(range(count))
     assert all(r["prompt"] and r["prompt"] == r["prompt"].strip() for r in rows)
     side = P.read_sidecar(out)
     src = P.PROMPT_SETS[name]
-    assert side["source_sha256"] == src.sha256 == P.sha256_file(SHARED / src.filename)
+    assert side["source_sha256"] == src.sha256 == P.sha256_file(P.packaged_path(name))
+    assert side["origin"] == f"package:drpo/data/public/{src.filename}"
+    assert side["source_rows"] == count and side["duplicates_dropped"] == 0 and side["excluded_dropped"] == []
     assert side["verified"] is True and side["count"] == count and side["source_url"].startswith("https://")
     assert side["output_sha256"] == P.sha256_file(out)
 
 
-@needs_shared
 def test_metadata_kept(tmp_path):
-    parti = read_rows(P.prepare_prompt_set("partiprompts", tmp_path / "parti.jsonl", local_dir=SHARED))
+    parti = read_rows(P.prepare_prompt_set("partiprompts", tmp_path / "parti.jsonl"))
     assert parti[0] == {"prompt_id": 0, "prompt": "bond", "category": "Abstract", "challenge": "Basic"}
     assert len({r["category"] for r in parti}) == 12 and len({r["challenge"] for r in parti}) == 11
-    geneval = read_rows(P.prepare_prompt_set("geneval", tmp_path / "geneval.jsonl", local_dir=SHARED))
+    geneval = read_rows(P.prepare_prompt_set("geneval", tmp_path / "geneval.jsonl"))
     assert geneval[0] == {"prompt_id": 0, "tag": "single_object", "include": [{"class": "bench", "count": 1}],
                           "prompt": "a photo of a bench"}
     assert {r["tag"] for r in geneval} == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert sum("exclude" in r for r in geneval) == 80
-    pick = read_rows(P.prepare_prompt_set("pickapic_test_2048", tmp_path / "pick.jsonl", local_dir=SHARED))
-    first = (SHARED / "pickapic_test_prompts_2048.txt").read_text().splitlines()[0]
+    pick = read_rows(P.prepare_prompt_set("pickapic_test_2048", tmp_path / "pick.jsonl"))
+    first = P.packaged_path("pickapic_test_2048").read_text().splitlines()[0]
     assert pick[0]["prompt"] == first.strip() and set(pick[0]) == {"prompt_id", "prompt"}
 
 
-@needs_shared
 def test_parti_prompts_with_quotes_parse_verbatim(tmp_path):
-    rows = read_rows(P.prepare_prompt_set("partiprompts", tmp_path / "parti.jsonl", local_dir=SHARED))
+    rows = read_rows(P.prepare_prompt_set("partiprompts", tmp_path / "parti.jsonl"))
     # Default CSV quoting would strip these quotes: the field *starts* with one.
     assert rows[1560]["prompt"] == ('"G I G G L E" painted in thick colorful lettering as graffiti on a faded '
                                     'red brick wall with a splotch of exploding white paint.')
@@ -67,11 +66,10 @@ def test_parti_prompts_with_quotes_parse_verbatim(tmp_path):
     assert not any("\t" in r["prompt"] for r in rows)
 
 
-@needs_shared
 def test_tampered_copy_fails_with_clear_error(tmp_path):
     local = tmp_path / "copy"
     local.mkdir()
-    shutil.copy(SHARED / "PartiPrompts.tsv", local / "PartiPrompts.tsv")
+    shutil.copy(P.packaged_path("partiprompts"), local / "PartiPrompts.tsv")
     data = (local / "PartiPrompts.tsv").read_text().replace("bond", "bomb", 1)
     (local / "PartiPrompts.tsv").write_text(data)
     actual = P.sha256_file(local / "PartiPrompts.tsv")
@@ -91,12 +89,11 @@ def test_missing_copy_without_download_names_the_fix(tmp_path):
         P.prepare_prompt_set("parti", tmp_path / "o.jsonl", local_dir=tmp_path)
 
 
-@needs_shared
 def test_download_path_verifies_sha256(tmp_path, monkeypatch):
     """The download branch against a local HTTP server (never the public source in tests)."""
     served = tmp_path / "served"
     served.mkdir()
-    shutil.copy(SHARED / "geneval_evaluation_metadata.jsonl", served / "good.jsonl")
+    shutil.copy(P.packaged_path("geneval"), served / "good.jsonl")
     (served / "bad.jsonl").write_text((served / "good.jsonl").read_text().replace("bench", "bunch", 1))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     handler.log_message = lambda *a, **k: None
@@ -104,7 +101,8 @@ def test_download_path_verifies_sha256(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        src = P.PROMPT_SETS["geneval"]
+        src = P.PROMPT_SETS["geneval"]  # as a set without a packaged copy: only then is it downloaded
+        src = P.PromptSource(**{**src.__dict__, "packaged": False})
         monkeypatch.setitem(P.PROMPT_SETS, "geneval", P.PromptSource(**{**src.__dict__, "url": f"{base}/good.jsonl"}))
         out = P.prepare_prompt_set("geneval", tmp_path / "dl" / "geneval.jsonl", allow_download=True)
         assert len(read_rows(out)) == 553 and P.read_sidecar(out)["origin"] == f"download:{base}/good.jsonl"

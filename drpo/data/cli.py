@@ -1,11 +1,12 @@
 """`drpo prompts ...`: prepare public prompt sets, build Pick-a-Pic pairs, check train/test disjointness.
 
-    drpo prompts prepare partiprompts --out results/prompts/parti.jsonl --local-dir ../shared/data
+    drpo prompts prepare partiprompts --out results/prompts/parti.jsonl      # the packaged copy (drpo/data/public/)
+    drpo prompts prepare pickapic_train_25432 --out results/prompts/train.jsonl --exclude results/prompts/pickapic_test.jsonl
     drpo prompts prepare file --path data/train.txt --out results/prompts/train.jsonl --exclude results/prompts/test.jsonl
     drpo prompts pickapic-pairs --parquet train-0000.parquet --out results/datasets/pickapic --max-pairs 20000 \\
         --exclude-prompts results/prompts/pickapic_test.jsonl
     drpo prompts check-disjoint results/prompts/train.jsonl results/prompts/test.jsonl
-    drpo prompts geneval-grammar --n 2000 --seed 1 --local-dir ../shared/data --exclude results/prompts/geneval_test.jsonl --out train.jsonl
+    drpo prompts geneval-grammar --n 2000 --seed 1 --exclude results/prompts/geneval_test.jsonl --out train.jsonl
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Write a prompt set as JSONL (prompt_id, prompt, metadata) plus <out>.sha256.json.")
     p.add_argument("name", choices=[*PROMPT_SETS, "file"], help="a public prompt set, or 'file' with --path")
     p.add_argument("--out", required=True, help="output JSONL")
-    p.add_argument("--local-dir", help="folder holding a verbatim copy (e.g. ../shared/data)")
-    p.add_argument("--download", action="store_true", help="fetch from the public source when there is no local copy")
+    p.add_argument("--local-dir", help="read the verbatim copy from this folder instead of the packaged one "
+                                       "(drpo/data/public/); sha256-checked either way")
+    p.add_argument("--download", action="store_true",
+                   help="fetch from the public source when neither --local-dir nor the package holds a copy")
     p.add_argument("--path", help="name 'file': the prompt file (txt one per line, jsonl, or tsv)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
-                   help="prompt files this set must not share a prompt with (error if it does)")
+                   help="prompt files this set must not share a prompt with: a public set drops them (recorded "
+                        "in the sidecar), a 'file' set is an error")
 
     p = sub.add_parser("pickapic-pairs", help="preference pairs (pairs.jsonl + images) from Pick-a-Pic v2 parquet files",
                        description="Build pairs.jsonl for the offline variant; ties are dropped by default.")
@@ -41,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Training prompts for GenEval as a reward: GenEval's grammar under another seed.")
     p.add_argument("--n", type=int, required=True, help="number of distinct prompts")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--local-dir", help="folder with geneval_object_names.txt (sha256-checked), e.g. ../shared/data")
+    p.add_argument("--local-dir", help="folder with geneval_object_names.txt instead of the packaged copy (sha256-checked)")
     p.add_argument("--download", action="store_true", help="fetch the object names from GenEval's repository")
     p.add_argument("--exclude", nargs="+", default=[], metavar="FILE", help="prompt files to stay disjoint from (the test set)")
     p.add_argument("--out", required=True, help="output JSONL")
@@ -63,7 +67,10 @@ def main(args: argparse.Namespace) -> int:
             out = P.prepare_prompt_set(args.name, args.out, local_dir=args.local_dir,
                                        allow_download=args.download, exclude=args.exclude)
         info = P.read_sidecar(out)
-        print(f"wrote {out}: {info['count']} prompts, source sha256 {info['source_sha256']}")
+        dropped = [f"{n} {what}" for n, what in ((info.get("duplicates_dropped", 0), "repeats"),
+                                                  (len(info.get("excluded_dropped", [])), "excluded prompts")) if n]
+        print(f"wrote {out}: {info['count']} prompts{' (dropped: ' + ', '.join(dropped) + ')' if dropped else ''}, "
+              f"source sha256 {info['source_sha256']}")
         return 0
     if args.prompts_command == "pickapic-pairs":
         from drpo.data.pickapic import build_pickapic_pairs

@@ -1,10 +1,16 @@
-"""Public prompt sets (METHOD.md §5.3): fetch from a local copy or the public source, check sha256,
-write a normalised JSONL.
+"""Public prompt sets (METHOD.md §5.3): read the copy packaged in `drpo/data/public/` (or a local
+override, or a download for a set without a packaged copy), check sha256, write a normalised JSONL.
 
 Output rows: {"prompt_id": int (0-based order in the source), "prompt": str, ...metadata}, with
 PartiPrompts' `category`/`challenge` and GenEval's `tag`/`include`/`exclude` as top-level keys
 (what `drpo sample` copies into each manifest row's metadata). Next to `<out>` a sidecar
 `<out>.sha256.json` records the source file's sha256, so every result can name the exact list.
+
+A set with `dedupe=True` keeps the first line of each prompt (compared by `normalize_prompt`) and
+drops later repeats; `prompt_id` stays the line's 0-based index in the file. `exclude=` drops a
+public set's prompts that occur in the excluded files (its bytes are fixed, so it cannot be edited);
+both are recorded in the sidecar. A user's own file (`prepare_prompt_file`) is never changed: an
+overlap there is an error.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from drpo.io import atomic_path, write_json
@@ -24,12 +31,14 @@ from drpo.io import atomic_path, write_json
 @dataclass(frozen=True)
 class PromptSource:
     name: str
-    filename: str  # name of the verbatim copy in a local folder (e.g. ../shared/data)
+    filename: str  # name of the verbatim copy, in drpo/data/public/ or in a local_dir override
     url: str
     sha256: str
     format: str  # "parti_tsv" | "geneval_jsonl" | "lines"
-    count: int
+    count: int  # rows in the file
     license: str
+    packaged: bool = True  # drpo/data/public/ holds a copy (else: local_dir or download)
+    dedupe: bool = False  # keep the first of prompts equal under normalize_prompt
 
 
 PROMPT_SETS: dict[str, PromptSource] = {
@@ -55,8 +64,16 @@ PROMPT_SETS: dict[str, PromptSource] = {
             "https://raw.githubusercontent.com/yifan123/flow_grpo/main/dataset/pickscore/test.txt",
             "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", "lines", 2048, "MIT (Pick-a-Pic)",
         ),
+        PromptSource(  # the DrPO authors' training prompts; 25 368 distinct under normalize_prompt
+            "pickapic_train_25432", "pickapic_train_prompts_25432.txt",
+            "https://raw.githubusercontent.com/UGVly/DrPO/main/data/pickscore/train.txt",
+            "2f425adcbb9a6d0feee7c6c448e1cb83a1f71deca9434b803907e2578eca837f", "lines", 25432, "MIT (Pick-a-Pic)",
+            dedupe=True,
+        ),
     )
 }
+PUBLIC_PACKAGE = "drpo.data"
+PUBLIC_FOLDER = "public"  # drpo/data/public/: the packaged copies (package data)
 DOWNLOAD_TIMEOUT_S = (10, 60)  # connect, read
 
 
@@ -83,6 +100,12 @@ def verify_sha256(path: str | Path, source: PromptSource) -> str:
     return actual
 
 
+def packaged_path(name: str) -> Path:
+    """Where the packaged copy of prompt set `name` lies (drpo/data/public/<filename>)."""
+    src = _source(name)
+    return Path(str(resources.files(PUBLIC_PACKAGE).joinpath(PUBLIC_FOLDER, src.filename)))
+
+
 def _source(name: str) -> PromptSource:
     if name not in PROMPT_SETS:
         raise KeyError(f"unknown prompt set '{name}' (known: {', '.join(PROMPT_SETS)}; or use a file)")
@@ -91,7 +114,12 @@ def _source(name: str) -> PromptSource:
 
 def fetch_source(name: str, local_dir: str | Path | None = None, allow_download: bool = False,
                  download_dir: str | Path | None = None) -> tuple[Path, str]:
-    """(verified file, origin) for prompt set `name`: the local copy if present, else a download."""
+    """(verified file, origin) for prompt set `name`.
+
+    In order: `local_dir`/<filename> when `local_dir` is given (an override; a missing file is an
+    error unless `allow_download`); else the packaged copy (drpo/data/public/); else a download into
+    `download_dir` when `allow_download`. Every path is sha256-checked (ChecksumError naming the file).
+    """
     src = _source(name)
     if local_dir is not None:
         local = Path(local_dir) / src.filename
@@ -101,8 +129,17 @@ def fetch_source(name: str, local_dir: str | Path | None = None, allow_download:
         if not allow_download:
             raise FileNotFoundError(
                 f"{local} not found: put a verbatim copy of {src.url} there (sha256 {src.sha256}), "
-                f"or allow downloading (--download)"
+                f"or leave out --local-dir to use the packaged copy, or allow downloading (--download)"
             )
+    elif src.packaged:
+        packaged = packaged_path(name)
+        if not packaged.is_file():
+            raise FileNotFoundError(
+                f"{packaged}: the packaged copy of prompt set '{name}' is missing (a broken install of drpo?); "
+                f"reinstall drpo, or give a folder holding {src.filename} (--local-dir)"
+            )
+        verify_sha256(packaged, src)
+        return packaged, f"package:drpo/data/{PUBLIC_FOLDER}/{src.filename}"
     if not allow_download:
         raise FileNotFoundError(
             f"prompt set '{name}': give a folder holding {src.filename} (--local-dir) or allow downloading (--download)"
@@ -239,20 +276,54 @@ def _check_excludes(rows: list[dict], exclude: Sequence[str | Path], name: str) 
         check_disjoint(rows, load_prompts(other), train_name=name, test_name=str(other))
 
 
+def dedupe_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): the first row of each prompt under normalize_prompt, and the later repeats."""
+    seen: set[str] = set()
+    kept, dropped = [], []
+    for r in rows:
+        key = normalize_prompt(r["prompt"])
+        (dropped if key in seen else kept).append(r)
+        seen.add(key)
+    return kept, dropped
+
+
+def drop_excluded(rows: list[dict], exclude: Sequence[str | Path]) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): rows whose prompt (normalised) is in none of the `exclude` prompt files."""
+    banned = {normalize_prompt(t) for other in exclude for t in _texts(load_prompts(other))}
+    kept = [r for r in rows if normalize_prompt(r["prompt"]) not in banned]
+    return kept, [r for r in rows if normalize_prompt(r["prompt"]) in banned]
+
+
+def _brief(rows: list[dict]) -> list[dict]:
+    return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"]} for r in rows]
+
+
 def prepare_prompt_set(name: str, out_path: str | Path, local_dir: str | Path | None = None,
                        allow_download: bool = False, exclude: Sequence[str | Path] = ()) -> Path:
     """Verified, normalised JSONL of public prompt set `name` at `out_path` (+ sha256 sidecar).
 
-    `exclude`: prompt files that must share no prompt with this set (ValueError otherwise).
+    The source is the packaged copy unless `local_dir` is given (see `fetch_source`). A `dedupe` set
+    keeps the first of repeated prompts. `exclude`: prompt files (e.g. the test set) whose prompts are
+    dropped from this set; the result is then checked disjoint from them. Both drops are recorded in
+    the sidecar (`source_rows`, `duplicates_dropped`, `excluded_dropped`).
     """
     out_path = Path(out_path)
     src = _source(name)
     path, origin = fetch_source(name, local_dir, allow_download, download_dir=out_path.parent / ".sources")
     rows = read_prompt_source(name, path)
+    source_rows = len(rows)
+    duplicates: list[dict] = []
+    if src.dedupe:
+        rows, duplicates = dedupe_rows(rows)
+    rows, excluded = drop_excluded(rows, exclude) if exclude else (rows, [])
+    if not rows:
+        raise ValueError(f"prompt set '{name}': no prompt left after excluding {[str(e) for e in exclude]}")
     _check_excludes(rows, exclude, name)
     return _write(rows, out_path, {
         "name": name, "source_file": src.filename, "source_url": src.url, "source_sha256": src.sha256,
-        "verified": True, "origin": origin, "license": src.license,
+        "verified": True, "origin": origin, "license": src.license, "source_rows": source_rows,
+        "duplicates_dropped": len(duplicates), "excluded_dropped": _brief(excluded),
+        "excluded_from": [str(e) for e in exclude],
     })
 
 
@@ -283,7 +354,8 @@ def read_sidecar(out_path: str | Path) -> dict:
 
 
 __all__ = [
-    "PROMPT_SETS", "PromptSource", "ChecksumError", "sha256_file", "verify_sha256", "fetch_source",
+    "PROMPT_SETS", "PromptSource", "ChecksumError", "sha256_file", "verify_sha256", "fetch_source", "packaged_path",
+    "dedupe_rows", "drop_excluded",
     "parse_parti_tsv", "parse_geneval_jsonl", "parse_lines", "read_prompt_source", "load_prompts",
     "normalize_prompt", "check_disjoint", "prepare_prompt_set", "prepare_prompt_file", "read_sidecar",
     "sidecar_path",

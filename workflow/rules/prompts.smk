@@ -1,5 +1,6 @@
-# Prompt sets: the world's grammar, GenEval's grammar (training prompts), the public sets from a
-# local copy checked by sha256, or a user's file. `exclude:` names sets that must stay disjoint.
+# Prompt sets: the world's grammar, GenEval's grammar (training prompts), the public sets from the
+# copies packaged in drpo/data/public/ (or a `local_dir:` override), checked by sha256, or a user's
+# file. `exclude:` names sets that must stay disjoint (a public set drops their prompts, a file errs).
 
 
 def prompt_set_excludes(wildcards):
