@@ -112,3 +112,50 @@ def test_the_loss_scale_is_checkpointed_and_resumed(assets, tmp_path):
     trainer.save_checkpoint(1)
     resumed = make_trainer(assets, out, mixed_precision="fp16", dtype="float16", resume=True)
     assert resumed.start_step == 1 and resumed.scaler.get_scale() == 32768.0
+
+
+# -- divergence: fail loudly, keep the last good checkpoint ---------------------------------------
+
+
+def test_a_diverged_run_stops_keeps_its_last_checkpoint_and_writes_no_final(assets, tmp_path):
+    from drpo.train.trainer import TrainingDiverged, list_checkpoints
+
+    out = tmp_path / "diverged"
+    trainer = make_trainer(assets, out, steps=6, checkpoint_every=1)
+    trainer.cfg.optim.lr = 1e30  # the first update is finite but enormous; a later one overflows
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 1e30
+    with pytest.raises(TrainingDiverged, match=r"diverged at update \d.*last good checkpoint is .*checkpoint-\d.*Lower optim.lr"):
+        trainer.train()
+    assert not (out / "final").exists()
+    kept = list_checkpoints(out)
+    assert kept, "no checkpoint survived"
+    from drpo.train.trainer import read_final_lora
+
+    assert all(torch.isfinite(t).all() for t in read_final_lora(kept[-1][1]).values())
+
+
+def test_drpo_train_marks_a_failed_run_failed_in_mlflow_and_says_why_in_one_line(assets, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {
+        "method": "drpo", "steps": 4, "grad_accum": 1, "output_dir": str(tmp_path / "run"), "model": {"path": str(assets / "model")},
+        "prompts": {"path": str(assets / "prompts.txt")}, "reward": "brightness", "features": {"name": "latent"},
+        "lora": {"rank": 4, "alpha": 4}, "checkpoint": {"every": 0}, "optim": {"lr": 1e30},
+        "tracking": {"uri": uri, "experiment": "diverge", "sample_grid_every": 0},
+        "drpo": {"candidates": 6, "positives": 2, "negatives": 2},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([str(Path(sys.executable).with_name("drpo")), "train", "--config", str(tmp_path / "run.yaml"), "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "drpo train: error: training diverged at update" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "final").exists()
+    runs = mlflow.MlflowClient(uri).search_runs(mlflow.MlflowClient(uri).get_experiment_by_name("diverge").experiment_id)
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -65,12 +65,17 @@ def main(args: argparse.Namespace) -> int:
     from drpo.tracking import training_tracker
 
     tracker = training_tracker(cfg)  # with tracking off, a local metrics.jsonl only
+    status = "FAILED"  # what MLflow shows unless the run gets to its end
     try:
         trainer = Trainer(cfg, resume=args.resume or False, tracker=tracker, progress=not args.no_progress)
         final = trainer.train()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         if tracker is not None:
-            tracker.close()
+            tracker.close(status)
     if trainer.accelerator.is_main_process:
         print(f"wrote {final}")
     return 0

@@ -37,6 +37,11 @@ NEEDS_REWARD = {"drpo", "draft", "dpo", "grpo", "pso", "vggflow"}
 GRADIENT_THROUGH_REWARD = {"draft", "vggflow"}
 
 
+class TrainingDiverged(ValueError):
+    """Non-finite loss or gradients that loss scaling cannot explain: the run stops before the update
+    reaches the weights, so its last checkpoint stays the last good model and no final/ is written."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -288,11 +293,18 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)  # no-op unless fp16
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
             skipped = self.scaler.is_enabled() and not torch.isfinite(grad_norm)
+            loss = sums.get("loss", 0.0)
+            # fp16 overflow is skipped and the scale lowered; anything else non-finite is divergence
+            if (not skipped and not torch.isfinite(grad_norm)) or loss != loss or abs(loss) == float("inf") or (
+                    skipped and self.scaler.get_scale() < 1.0):
+                self._diverged(step, f"loss {loss:.4g}, gradient norm {float(grad_norm):.4g}")
             self.scaler.step(self.optimizer)  # skips the step when a gradient is inf/NaN (fp16 overflow)
             self.scaler.update()
             if not skipped:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if not all(torch.isfinite(p).all() for p in self.params):
+            self._diverged(step, "the update made LoRA weights non-finite")
         if skipped:
             log.warning("update %d: inf/NaN gradient at fp16 loss scale %g; step skipped, scale now %g",
                         step + 1, loss_scale, self.scaler.get_scale())
@@ -307,6 +319,14 @@ class Trainer:
         out.update(timings)
         out["time/update"] = sum(timings.values())
         return out
+
+    def _diverged(self, step: int, what: str) -> None:
+        last = list_checkpoints(self.out)
+        kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at update {step + 1} ({what}); {kept}, and no final/ was written. "
+            f"Lower optim.lr (now {self.cfg.optim.lr:g}) or the drift/loss weights, then run again"
+        )
 
     def sample_grid(self, step: int) -> Path | None:
         """A grid of the current model's samples for a few fixed prompts and seeds."""
