@@ -295,8 +295,8 @@ class Trainer:
             skipped = self.scaler.is_enabled() and not torch.isfinite(grad_norm)
             loss = sums.get("loss", 0.0)
             # fp16 overflow is skipped and the scale lowered; anything else non-finite is divergence
-            if (not skipped and not torch.isfinite(grad_norm)) or loss != loss or abs(loss) == float("inf") or (
-                    skipped and self.scaler.get_scale() < 1.0):
+            finite = bool(torch.isfinite(grad_norm)) and loss == loss and abs(loss) != float("inf")
+            if (not skipped and not finite) or (skipped and self.scaler.get_scale() < 1.0):
                 self._diverged(step, f"loss {loss:.4g}, gradient norm {float(grad_norm):.4g}")
             self.scaler.step(self.optimizer)  # skips the step when a gradient is inf/NaN (fp16 overflow)
             self.scaler.update()
