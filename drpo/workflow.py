@@ -60,6 +60,7 @@ def validate_config(config: dict, source: str = "config", schema_path: Path = SC
     config = copy.deepcopy(config)
     _set_defaults(schema, config)
     _check_references(config, source)
+    _check_tables(config, source)
     return config
 
 
@@ -427,7 +428,8 @@ def judge_args(config: dict) -> str:
 
 
 def table_rows(config: dict, table: str) -> list[str]:
-    """Row names of a config table: its `rows`, or an ablation grid's base run and its points."""
+    """Row names of a config table: its `rows`, or an ablation grid's base run and its points; by
+    default every base model and run (a preference table: the judge's opponents)."""
     spec = config.get("tables", {})[table]
     if spec.get("rows"):
         return list(spec["rows"])
@@ -435,15 +437,66 @@ def table_rows(config: dict, table: str) -> list[str]:
     if grid_name:
         grid = config["training"]["ablations"][grid_name]
         return [grid["run"]] + [f"{grid['run']}-{grid_name}-{_slug(v)}" for v in grid["values"]]
+    if spec["builder"] == "preference":
+        return list((config["evaluation"].get("judge") or {}).get("against", []))
     return list(config["evaluation"].get("base_models", {})) + list(config["training"]["runs"])
 
 
-def collect_spec(config: dict, judged: list[str]) -> dict:
-    """What `drpo collect` needs to turn summaries into the tidy results file."""
+def _check_tables(config: dict, source: str) -> None:
+    """A table's paper table is one its builder draws, and never one of a shapes-world config (the
+    world's models are not the paper's); its rows are models of the config; a preference table's
+    rows are models the judge compares DrPO with."""
+    from drpo.eval.paper import TABLES
+
+    names = set(config["evaluation"].get("base_models", {})) | set(_named_runs(config))
+    for name, spec in config.get("tables", {}).items():
+        where = f"{source}: tables.{name}"
+        paper = spec.get("paper")
+        if paper is not None and TABLES[paper] != spec["builder"]:
+            raise ConfigError(f"{where}.paper: the paper's {paper} is drawn by builder {TABLES[paper]}, not {spec['builder']}")
+        if paper is not None and "world" in config:
+            raise ConfigError(f"{where}.paper: a shapes-world config's tables are compared with none of the paper's "
+                              f"(its models are not the paper's); remove paper: {paper}")
+        grid = spec.get("ablation")
+        if grid is not None and grid not in config["training"].get("ablations", {}):
+            raise ConfigError(f"{where}.ablation: '{grid}' is not in training.ablations")
+        rows = table_rows(config, name)
+        unknown = [r for r in rows if r not in names]
+        if unknown:
+            raise ConfigError(f"{where}.rows: '{unknown[0]}' is neither a base model nor a run of the config")
+        if spec["builder"] == "preference":
+            judge = config["evaluation"].get("judge")
+            if not judge:
+                raise ConfigError(f"{where}: builder preference needs evaluation.judge (its rows are the judge's opponents)")
+            against = judge.get("against", [])
+            missing = [r for r in rows if r not in against]
+            if missing:
+                raise ConfigError(f"{where}.rows: '{missing[0]}' is not judged against {judge.get('method', 'drpo')} "
+                                  f"(evaluation.judge.against: {', '.join(against) or 'none'})")
+
+
+def judge_summaries(config: dict) -> list[dict]:
+    """Every judge summary the config implies: test set, the judged model (DrPO, a run id), its
+    opponent (a model id) and the summary's path."""
+    return [{"test_set": ts, "judged": a, "opponent": b, "path": f"{results_dir(config)}/judge/{ts}/{a}__vs__{b}.json"}
+            for ts in config["evaluation"]["test_sets"] for a, b in judge_pairs(config)]
+
+
+def collect_spec(config: dict, judged: list[dict] | None = None) -> dict:
+    """What `drpo collect` needs to turn summaries into the tidy results file, and `drpo tables`
+    to draw each table (its builder and paper table): the content of `<results>/collect_spec.json`.
+    `judged`: the judge summaries (default: `judge_summaries(config)`)."""
     tables = {name: {**spec, "rows": table_rows(config, name)} for name, spec in config.get("tables", {}).items()}
     return {
         "results": results_dir(config), "models": eval_models(config), "test_sets": config["evaluation"]["test_sets"],
         "metrics": list(config["evaluation"]["metrics"]) + list(comparisons(config)),
         "metric_specs": config["evaluation"]["metrics"],
-        "tables": tables, "judged": judged,
+        "tables": tables, "judged": judge_summaries(config) if judged is None else judged,
     }
+
+
+def write_collect_spec(config: dict, out: str | Path) -> Path:
+    """`<results>/collect_spec.json` (atomic): the file `drpo collect --spec` and `drpo tables --spec` read."""
+    from drpo.io import write_json
+
+    return write_json(out, collect_spec(config))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from drpo.eval import paper as P
 from drpo.eval import tables as T
@@ -64,7 +66,7 @@ def built(tmp_path_factory):
     write_jsonl(log, [{"step": s, "time": 1000.0 + 3.6 * s, "reward/mean": 0.2188 + 0.00016 * s, "loss": 1.0} for s in range(0, 1001, 50)])
     log2 = out / "draft_metrics.jsonl"
     write_jsonl(log2, [{"step": s, "time": 1000.0 + 10 * s, "reward/mean": 0.2188 + 0.00028 * s} for s in range(0, 1001, 100)])
-    written = T.build_all(RESULTS, out, curves={"DrPO": log, "DRaFT": log2})
+    written = T.build_all(RESULTS, out, tables=T.paper_tables(), curves={"DrPO": log, "DRaFT": log2})
     return out, written
 
 
@@ -78,7 +80,7 @@ def sources(out, name):
 
 def test_every_table_written_with_paper_columns_and_sources(built):
     out, written = built
-    for name in T.TABLE_BUILDERS:
+    for name in P.TABLES:
         assert set(written[name]) == {"csv", "md", "tex", "sources"}, name
         frame = csv(out, name)
         assert any(c.endswith("(paper)") for c in frame.columns), name
@@ -169,7 +171,7 @@ def test_preference_table_and_figures(built):
     assert f.loc["SDXL-Turbo", "Parti-Prompts"] == 71.4
     s = sources(out, "qwen3vl_preference").set_index(["row", "column"])
     assert s.loc[("DPO", "Pick-a-Pic v2"), "ci_low"] == pytest.approx(76.0)
-    for key in ("qwen3vl_preference_chart", "hpsv3_breakdown_chart", "training_curves"):
+    for key in ("qwen3vl_preference_chart", "hpsv3_efficiency_breakdown_chart", "training_curves"):
         png = written[key]["png"]
         data = png.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 10_000, key
@@ -182,11 +184,11 @@ def test_preference_table_and_figures(built):
 def test_already_scaled_and_duplicate_results_are_refused(tmp_path):
     scaled = pd.DataFrame([r("sd_turbo_main", "DrPO", "pickapic_v2", "pickscore", 23.49, "x")])
     with pytest.raises(ValueError, match="raw values"):
-        T.main_table(scaled)
+        T.main_table(scaled, "sd_turbo_main", "sd_turbo_main")
     dup = pd.DataFrame([r("sd_turbo_main", "DrPO", "pickapic_v2", "pickscore", 0.23, "a"),
                         r("sd_turbo_main", "drpo", "pap", "ps", 0.24, "b")])
     with pytest.raises(ValueError, match="2 rows"):
-        T.main_table(dup)
+        T.main_table(dup, "sd_turbo_main", "sd_turbo_main")
     # a table the paper does not have is a generic one: methods × (test set, metric), scaled once
     written = T.build_all(pd.DataFrame([r("world_main", "DrPO", "world_test", "pickscore", 0.2, "a"),
                                         r("world_main", "Base", "world_test", "pickscore", 0.1, "b")]), tmp_path)
@@ -218,7 +220,7 @@ def test_drpo_tables_cli_with_judge_summaries(tmp_path):
     judge2.write_text(json.dumps({"preference_share": 0.6, "preference_share_ci95": [0.5, 0.7], "left_label": "drpo",
                                   "right_label": "draft"}))  # `drpo judge --summary` format
     out = tmp_path / "tables"
-    assert main(["tables", "--results", str(res), "--out", str(out), "--judge", f"grpo:parti={judge}", f":pickapic={judge2}"]) == 0
+    assert main(["tables", "--results", str(res), "--out", str(out), "--paper", "--judge", f"grpo:parti={judge}", f":pickapic={judge2}"]) == 0
     f = csv(out, "qwen3vl_preference").set_index("DrPO vs.")
     assert f.loc["GRPO", "Parti-Prompts"] == 72.0 and f.loc["DRaFT", "Pick-a-Pic v2"] == 60.0
     s = sources(out, "qwen3vl_preference").set_index(["row", "column"])
@@ -227,7 +229,8 @@ def test_drpo_tables_cli_with_judge_summaries(tmp_path):
     assert csv(out, "sd_turbo_main").set_index("Method").loc["DrPO", "Pick-a-Pic v2 PS"] == 23.49
     assert (out / "qwen3vl_preference.png").read_bytes()[:8] == PNG_MAGIC
     assert not (out / "geneval.csv").exists()  # no results for it, and --all not given
-    assert main(["tables", "--out", str(out), "--judge", str(judge)]) == 2  # opponent/test set unnamed
+    assert main(["tables", "--out", str(out), "--paper", "--judge", str(judge)]) == 2  # opponent/test set unnamed
+    assert main(["tables", "--out", str(out), "--judge", f"grpo:parti={judge}"]) == 2  # no preference table to put it in
 
 
 def test_a_metrics_log_with_a_repeated_step_reads_as_one_row_per_step(tmp_path):
@@ -257,9 +260,10 @@ def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(t
         path = tmp_path / "judge" / "t" / f"drpo-s{seed}__vs__base.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"preference_share": share, "preference_share_ci95": [share - 0.05, share + 0.05]}))
-        judged.append(str(path))
+        judged.append({"test_set": "t", "judged": f"drpo-s{seed}", "opponent": "base", "path": str(path)})
     spec = {"results": str(tmp_path), "models": models, "test_sets": ["t"], "metrics": ["acc", "distance"],
-            "tables": {"main": {"rows": ["base", "drpo"]}}, "judged": judged}
+            "tables": {"main": {"builder": "generic", "rows": ["base", "drpo"]},
+                       "pref": {"builder": "preference", "rows": ["base"]}}, "judged": judged}
     full = collect(spec).set_index(["table", "method", "metric"])
     assert full.loc[("main", "DrPO", "distance"), "value"] == pytest.approx(2.0)
     assert ("main", "Base", "distance") not in full.index
@@ -267,11 +271,240 @@ def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(t
     assert df.loc[("main", "DrPO"), "value"] == pytest.approx(0.65)
     assert (df.loc[("main", "DrPO"), "ci_low"], df.loc[("main", "DrPO"), "ci_high"]) == pytest.approx((0.6, 0.7))
     assert (df.loc[("main", "Base"), "ci_low"], df.loc[("main", "Base"), "ci_high"]) == pytest.approx((0.4, 0.6))  # one seed: its own CI
-    judge = full.loc[("judge_preference", "DrPO vs Base", "preference")]
+    judge = full.loc[("pref", "Base", "preference")]  # the opponent is the row, DrPO the judged model
     assert (judge["value"], judge["ci_low"], judge["ci_high"]) == pytest.approx((0.6, 0.55, 0.65))
+    assert judge["judged"] == "DrPO" and judge["test_set"] == "t"
     assert judge["source"].count(";") == 1  # both seeds' summaries behind the one cell
+    assert set(full.reset_index()["table"]) == {"main", "pref"}  # no score rows in the preference table, no other table
     res = tmp_path / "results.csv"
     collect(spec).to_csv(res, index=False)
-    assert main(["tables", "--results", str(res), "--out", str(tmp_path / "tables"), "--all"]) == 0
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    assert main(["tables", "--results", str(res), "--spec", str(spec_file), "--out", str(tmp_path / "tables")]) == 0
     table = (tmp_path / "tables" / "main.md").read_text()
     assert re.search(r"DrPO.*\| 2\.00", table), table
+    pref = csv(tmp_path / "tables", "pref").set_index("DrPO vs.")
+    assert pref.loc["Base", "t"] == 60.0 and list(pref.columns) == ["t"]
+
+
+# -- the seams: workflow config -> collect spec file -> drpo collect -> drpo tables (issue 16.4) ---------
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"default": ROOT / "config" / "config.yaml", "world-long": ROOT / "config" / "world-long.yaml",
+           "sd-turbo": ROOT / "config" / "paper" / "sd-turbo.yaml", "sdxl-turbo": ROOT / "config" / "paper" / "sdxl-turbo.yaml"}
+
+
+def _config(name: str, results: Path | None = None) -> dict:
+    from drpo import workflow as wf
+
+    raw = yaml.safe_load(CONFIGS[name].read_text())
+    if results is not None:
+        raw = wf.reroot_results(raw, raw.get("results", "results"), str(results))
+    return wf.validate_config(raw, source=name)
+
+
+def _write_judge_summaries(config: dict, shares: dict[str, float]) -> None:
+    """A `drpo judge --summary` JSON for every pair of the config, share by opponent run (+ 0.01 per seed)."""
+    from drpo import workflow as wf
+
+    models = wf.eval_models(config)
+    for j in wf.judge_summaries(config):
+        opp = models[j["opponent"]]
+        share = shares[opp.get("run", j["opponent"])] + 0.01 * config["training"]["seeds"].index(models[j["judged"]]["seed"])
+        path = Path(j["path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"preference_share": share, "preference_share_ci95": [share - 0.03, share + 0.03],
+                                    "left_label": j["judged"], "right_label": j["opponent"], "n": 100}))
+
+
+def test_collect_reads_its_spec_from_a_file_and_only_a_file(tmp_path, capsys):
+    from drpo import workflow as wf
+    from drpo.cli import main
+
+    config = _config("sd-turbo", tmp_path / "res")
+    text = wf.to_json(wf.collect_spec(config))
+    assert len(text) > 4000  # the SD-Turbo study's spec: what the rule used to pass on the command line
+    out = tmp_path / "results.csv"
+    assert main(["collect", "--spec", text, "--out", str(out)]) == 2  # refused with one line, no OSError
+    assert "--spec takes the path of a JSON file" in capsys.readouterr().err
+    assert main(["collect", "--spec", '{"tables": {}}', "--out", str(out)]) == 2  # small JSON too: a path or nothing
+    assert main(["collect", "--spec", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("tables: {}\n")
+    assert main(["collect", "--spec", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    # the file the workflow's collect_spec rule writes
+    spec = wf.write_collect_spec(config, tmp_path / "res" / "collect_spec.json")
+    assert json.loads(spec.read_text()) == json.loads(text)
+    score = tmp_path / "res" / "scores" / "pickapic_test" / "drpo-s42" / "pickscore.json"
+    score.parent.mkdir(parents=True)
+    score.write_text(json.dumps({"mean": 0.2349, "ci_low": 0.233, "ci_high": 0.237}))
+    assert main(["collect", "--spec", str(spec), "--out", str(out)]) == 0
+    got = pd.read_csv(out)
+    assert set(got["table"]) == {"sd_turbo_main", "reference_objective", "ablation_k", "ablation_feature_map",
+                                 "ablation_kernel", "ablation_eta"}  # DrPO's row in each
+    assert (got["value"] == 0.2349).all()
+
+
+def test_the_rules_pass_the_spec_as_a_file_that_the_dag_tracks():
+    smk = (ROOT / "workflow" / "rules" / "tables.smk").read_text()
+    collect = smk[smk.index("rule collect:"):smk.index("rule tables:")]
+    tables = smk[smk.index("rule tables:"):smk.index("rule report_html:")]
+    assert "spec=rules.collect_spec.output[0]" in collect and "--spec {input.spec}" in collect and "params" not in collect
+    assert "spec=rules.collect_spec.output[0]" in tables and "--spec {input.spec}" in tables
+
+
+@pytest.mark.parametrize("name", ["sdxl-turbo", "default"])
+def test_judge_summaries_reach_the_preference_table(tmp_path, name):
+    """results tree with judge summaries -> drpo collect -> drpo tables: every configured row of the
+    preference table has a number on every test set (beside the paper's value for a paper config)."""
+    from drpo import workflow as wf
+    from drpo.cli import main
+
+    res = tmp_path / "res"
+    config = _config(name, res)
+    pref = [t for t, s in config["tables"].items() if s["builder"] == "preference"]
+    assert len(pref) == 1
+    pref = pref[0]
+    shares = {"base": 0.70, "dpo": 0.79, "grpo": 0.70, "draft": 0.55, "vggflow": 0.56}
+    _write_judge_summaries(config, shares)
+    spec = wf.write_collect_spec(config, res / "collect_spec.json")
+    assert main(["collect", "--spec", str(spec), "--out", str(res / "results.csv")]) == 0
+    rows = pd.read_csv(res / "results.csv", keep_default_na=False, na_values=[""])
+    mine = rows[rows["table"] == pref]
+    assert set(mine["judged"]) == {"DrPO"} and set(mine["metric"]) == {"preference"}
+    assert main(["tables", "--results", str(res / "results.csv"), "--spec", str(spec), "--out", str(res / "tables")]) == 0
+    table = csv(res / "tables", pref).set_index("DrPO vs.")
+    models = wf.eval_models(config)
+    against = config["tables"][pref]["rows"]
+    paper = config["tables"][pref].get("paper")
+    if paper:  # the configured opponents are the paper's rows, in the paper's order and labels
+        assert list(table.index) == [P.row_label(paper, P.canonical_row(paper, models[m if m in models else f"{m}-s42"]["label"]))
+                                     for m in against] == [r.label for r in P.ROWS[paper]]
+        test_sets = {"Pick-a-Pic v2": "pickapic_v2", "Parti-Prompts": "parti"}
+    else:
+        assert list(table.index) == [models[m if m in models else f"{m}-s42"]["label"] for m in against]
+        test_sets = {ts: ts for ts in config["evaluation"]["test_sets"]}
+        assert not any(c.endswith("(paper)") for c in table.columns)
+    seeds = config["training"]["seeds"]
+    for m, label in zip(against, table.index):
+        for col, ts in test_sets.items():
+            expected = 100 * (shares[m] + 0.01 * (len(seeds) - 1) / 2)  # the mean over the judged seeds
+            assert table.loc[label, col] == pytest.approx(expected, abs=0.051), (label, col)
+            if paper:
+                assert table.loc[label, f"{col} (paper)"] == P.PAPER[paper][(P.canonical_row(paper, label), ts, "preference")]
+    assert (res / "tables" / f"{pref}.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (res / "tables" / "judge_preference.csv").exists() or pref == "judge_preference"
+
+
+WORLD_GENEVAL = {"single_object": 1.0, "two_object": 0.8, "counting": 0.286, "colors": 0.8, "position": 0.625, "color_attr": 0.446}
+
+
+def _world_results(config: dict) -> pd.DataFrame:
+    """What collect writes for the default config's tables (labels from the config)."""
+    from drpo import workflow as wf
+
+    models = wf.eval_models(config)
+    label = {m: (models[m] if m in models else models[f"{m}-s42"])["label"] for m in list(models) + list(config["training"]["runs"])}
+    out = []
+    for table, spec in config["tables"].items():
+        for m in wf.table_rows(config, table):
+            if spec["builder"] == "preference":
+                out.append(r(table, label[m], "world_test", "preference", 0.574, f"judge/{m}.json") | {"judged": "DrPO"})
+                continue
+            out.append(r(table, label[m], "world_test", "pickscore", 0.6894, f"scores/{m}/pickscore.json"))
+            out.append(r(table, label[m], "world_test", "geneval", 0.558, f"scores/{m}/geneval.json"))
+            if table == "geneval":
+                out += [r(table, label[m], "world_test", f"geneval:{t}", v, f"scores/{m}/geneval.parquet") for t, v in WORLD_GENEVAL.items()]
+    return pd.DataFrame(out)
+
+
+@pytest.mark.parametrize("name", ["default", "world-long"])
+def test_a_world_table_prints_no_paper_values(tmp_path, name):
+    from drpo import workflow as wf
+
+    config = _config(name)
+    assert not any("paper" in spec for spec in config["tables"].values())
+    tables = wf.collect_spec(config)["tables"]
+    written = T.build_all(_world_results(config), tmp_path, tables=tables, include_empty=True)
+    assert set(tables) <= set(written)
+    for t in tables:
+        md, tex = (tmp_path / f"{t}.md").read_text(), (tmp_path / f"{t}.tex").read_text()
+        assert "paper" not in md and "paper" not in tex, t  # no "(paper 13.0)" cell, no "Cells: ours (paper value)"
+        assert not any("paper" in c for c in csv(tmp_path, t).columns), t
+        assert sources(tmp_path, t)["paper"].isna().all(), t
+    assert "paper" not in (tmp_path / "index.md").read_text()
+    if "geneval" in tables:  # the GenEval builder, with the world's models as its columns (no SD-Turbo column)
+        f = csv(tmp_path, "geneval").set_index("Task")
+        assert list(f.columns) == ["Shapes-Turbo base", "DrPO"]
+        assert f.loc["Position", "DrPO"] == 62.5 and f.loc["Color attribution", "Shapes-Turbo base"] == 44.6
+        assert "| Position | 62.5 | 62.5 |" in (tmp_path / "geneval.md").read_text()
+    # the generic tables come out as before: methods x (test set, metric), display-scaled once
+    main_md = (tmp_path / "main.md").read_text()
+    assert "| Method | world_test pickscore | world_test geneval |" in main_md
+    assert re.search(r"^\| DrPO[^|]* \| 68\.94 \| 55\.8 \|$", main_md, re.M), main_md
+    assert main_md.rstrip().endswith("Every cell's source: `main.sources.csv`.")
+
+
+def test_a_table_is_drawn_by_its_spec_not_by_its_name(tmp_path):
+    geneval = [r("ours", "SD-Turbo", "geneval", f"geneval:{t}", v, "s.json") for t, v in WORLD_GENEVAL.items()]
+    main = [r("sd_turbo_main", "DrPO", "pickapic_v2", "pickscore", 0.2349, "s.json")]
+    res = pd.DataFrame(geneval + main)
+    specs = {"ours": {"builder": "geneval", "paper": "geneval"}, "sd_turbo_main": {"builder": "generic"}}
+    T.build_all(res, tmp_path, tables=specs)
+    f = csv(tmp_path, "ours").set_index("Task")
+    assert f.loc["Counting", "SD-Turbo (paper)"] == 33.8 and list(f.columns)[:2] == ["SD-Turbo", "SD-Turbo (paper)"]
+    assert "Cells: ours (paper value)" in (tmp_path / "ours.md").read_text()
+    g = csv(tmp_path, "sd_turbo_main")  # named like the paper's table, drawn as the spec says: no paper numbers
+    assert list(g.columns) == ["Method", "pickapic_v2 pickscore"] and g.iloc[0].tolist() == ["DrPO", 23.49]
+    # without a spec every table is generic; a paper table must be one its builder draws
+    T.build_all(res, tmp_path / "plain")
+    assert "paper" not in (tmp_path / "plain" / "ours.md").read_text()
+    with pytest.raises(ValueError, match="drawn by builder 'main', not 'geneval'"):
+        T.build_table(res, "ours", {"builder": "geneval", "paper": "sd_turbo_main"})
+    with pytest.raises(ValueError, match="builder 'paper' is not one of"):
+        T.build_table(res, "ours", {"builder": "paper"})
+
+
+def test_schema_enums_are_the_builders_and_the_papers_tables():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    spec = schema["properties"]["tables"]["additionalProperties"]
+    assert spec["required"] == ["builder"]
+    assert spec["properties"]["builder"]["enum"] == list(T.BUILDERS)
+    assert spec["properties"]["paper"]["enum"] == list(P.TABLES) and set(P.TABLES) == set(P.PAPER)
+    assert set(P.TABLES.values()) <= set(T.BUILDERS)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["tables"]["main"].pop("builder"), r"tables\.main: 'builder' is a required property"),
+    (lambda c: c["tables"]["main"].update(builder="sd_turbo_main"), r"tables\.main\.builder: 'sd_turbo_main' is not one of"),
+    (lambda c: c["tables"]["geneval"].update(paper="geneval"), r"tables\.geneval\.paper: a shapes-world config's tables are compared with none"),
+    (lambda c: c["tables"]["main"].update(paper="sd_turbo_main"), r"tables\.main\.paper: the paper's sd_turbo_main is drawn by builder main, not generic"),
+    (lambda c: c["tables"]["judge_preference"]["rows"].append("pso"), r"tables\.judge_preference\.rows: 'pso' is not judged against drpo"),
+    (lambda c: c["tables"]["main"]["rows"].append("dpo2"), r"tables\.main\.rows: 'dpo2' is neither a base model nor a run"),
+])
+def test_bad_table_specs_name_the_key(edit, message):
+    from drpo import workflow as wf
+    from drpo.config import ConfigError
+
+    config = yaml.safe_load(CONFIGS["default"].read_text())
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        wf.validate_config(config, source="config.yaml")
+
+
+@pytest.mark.parametrize("name", ["sd-turbo", "sdxl-turbo"])
+def test_every_configured_row_of_a_paper_table_lands_on_a_paper_row(name):
+    """A config's row labels map onto the paper's rows (else ours and the paper's sit on two rows)."""
+    from drpo import workflow as wf
+
+    config = _config(name)
+    models = wf.eval_models(config)
+    for table, spec in config["tables"].items():
+        paper = spec["paper"]
+        keys = {row.key for row in P.ROWS[paper]}
+        for m in wf.table_rows(config, table):
+            if spec.get("ablation") and m == config["training"]["ablations"][spec["ablation"]]["run"]:
+                continue  # the grid's own run: an extra row beside the paper's base row
+            label = (models[m] if m in models else models[f"{m}-s42"])["label"]
+            assert P.canonical_row(paper, label) in keys, (table, m, label)

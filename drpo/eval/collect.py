@@ -1,11 +1,17 @@
 """`drpo collect`: the workflow's score and judge summaries → one tidy results file for `drpo tables`.
 
-For every table of the config (`tables:` in config.yaml) and every row it names, each metric on
-each test set becomes one results row (`table, method, test_set, metric, value, ci_low, ci_high,
-source`), `source` being the summary file behind the number. A run trained with several seeds
-gives the mean over seeds (CI: the seeds' min and max). Metrics scored by a GenEval-style checker
-also give per-tag rows (`geneval:<tag>`, `geneval:overall`) for the GenEval table, and the judge
-summaries a `preference` row per pair (DrPO's share against each opponent, mean over seeds).
+The spec is a JSON file (the workflow writes `<results>/collect_spec.json`, `drpo.workflow.collect_spec`):
+results dir, models, test sets, metrics, the config's tables (each with its `builder`, optional
+`paper`, and rows) and the judge summaries (`judged`: test set, judged model, opponent, path).
+
+For every table and every row it names, each metric on each test set becomes one results row
+(`table, method, test_set, metric, value, ci_low, ci_high, source, judged`), `source` being the
+summary file behind the number. A run trained with several seeds gives the mean over seeds (CI: the
+seeds' min and max). Metrics scored by a GenEval-style checker also give per-tag rows
+(`geneval:<tag>`, `geneval:overall`) for the GenEval table. A table drawn by the `preference`
+builder gets, instead, one preference record per row and test set
+(`drpo.eval.tables.preference_row`): the judged model's (DrPO's) share against that row's model,
+the mean over seeds, from the judge summaries.
 """
 
 from __future__ import annotations
@@ -56,62 +62,111 @@ def _geneval_rows(scores: Path) -> dict[str, float]:
     return out
 
 
-def collect(spec: dict) -> pd.DataFrame:
+def _metric_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
     results, models = spec["results"], spec["models"]
     metric_specs = spec.get("metric_specs", {})
     rows = []
-    for table, tspec in spec.get("tables", {}).items():
-        for name in tspec["rows"]:
-            ids = _rows_for(name, models)
-            if not ids:
-                continue
-            label = models[ids[0]].get("label", name)
-            for ts in tspec.get("test_sets") or spec["test_sets"]:
-                for metric in tspec.get("metrics") or spec["metrics"]:
-                    per_seed = []
-                    for mid in ids:
-                        path = Path(results) / "scores" / ts / mid / f"{metric}.json"
-                        s = _summary(path)
-                        if s is None:
-                            continue
-                        per_seed.append((s, path))
-                    if not per_seed:
-                        continue
-                    value, lo, hi = _over_seeds([(s["mean"], (s.get("ci_low"), s.get("ci_high"))) for s, _ in per_seed])
-                    rows.append({"table": table, "method": label, "test_set": ts, "metric": metric,
-                                 "value": value, "ci_low": lo, "ci_high": hi,
-                                 "source": ";".join(str(p) for _, p in per_seed)})
-                    if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
-                        tags: dict[str, list[float]] = {}
-                        for _, path in per_seed:
-                            for k, v in _geneval_rows(path.with_suffix(".parquet")).items():
-                                tags.setdefault(k, []).append(v)
-                        for k, v in tags.items():
-                            rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
-                                         "value": sum(v) / len(v), "ci_low": None, "ci_high": None,
-                                         "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
-    judged: dict[tuple[str, str], list[tuple[dict, Path]]] = {}  # (test set, pair label) -> one per seed
-    for path in map(Path, spec.get("judged", [])):
-        s = _summary(path)
-        if s is None:
+    for name in tspec["rows"]:
+        ids = _rows_for(name, models)
+        if not ids:
             continue
-        a, b = path.stem.split("__vs__")
-        pair = f"{models.get(a, {}).get('label', a)} vs {models.get(b, {}).get('label', b)}"
-        judged.setdefault((path.parent.name, pair), []).append((s, path))
-    for (ts, pair), per_seed in judged.items():
-        value, lo, hi = _over_seeds([(s.get("preference_share"), s.get("preference_share_ci95")) for s, _ in per_seed])
-        rows.append({"table": "judge_preference", "method": pair, "test_set": ts, "metric": "preference",
-                     "value": value, "ci_low": lo, "ci_high": hi, "source": ";".join(str(p) for _, p in per_seed)})
-    return pd.DataFrame(rows, columns=["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source"])
+        label = models[ids[0]].get("label", name)
+        for ts in tspec.get("test_sets") or spec["test_sets"]:
+            for metric in tspec.get("metrics") or spec["metrics"]:
+                per_seed = []
+                for mid in ids:
+                    path = Path(results) / "scores" / ts / mid / f"{metric}.json"
+                    s = _summary(path)
+                    if s is None:
+                        continue
+                    per_seed.append((s, path))
+                if not per_seed:
+                    continue
+                value, lo, hi = _over_seeds([(s["mean"], (s.get("ci_low"), s.get("ci_high"))) for s, _ in per_seed])
+                rows.append({"table": table, "method": label, "test_set": ts, "metric": metric,
+                             "value": value, "ci_low": lo, "ci_high": hi,
+                             "source": ";".join(str(p) for _, p in per_seed)})
+                if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
+                    tags: dict[str, list[float]] = {}
+                    for _, path in per_seed:
+                        for k, v in _geneval_rows(path.with_suffix(".parquet")).items():
+                            tags.setdefault(k, []).append(v)
+                    for k, v in tags.items():
+                        rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
+                                     "value": sum(v) / len(v), "ci_low": None, "ci_high": None,
+                                     "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
+    return rows
+
+
+def _preference_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
+    """One preference record per row (an opponent) and test set: the judged model's share against it."""
+    from drpo.eval.tables import preference_row
+
+    models = spec["models"]
+    rows = []
+    for name in tspec["rows"]:
+        ids = _rows_for(name, models)
+        if not ids:
+            continue
+        label = models[ids[0]].get("label", name)
+        for ts in tspec.get("test_sets") or spec["test_sets"]:
+            per_seed, judged = [], set()
+            for j in spec.get("judged", []):
+                if j["test_set"] != ts or j["opponent"] not in ids:
+                    continue
+                s = _summary(Path(j["path"]))
+                if s is None:
+                    continue
+                per_seed.append((s, j["path"]))
+                judged.add(models.get(j["judged"], {}).get("label", j["judged"]))
+            if not per_seed:
+                continue
+            if len(judged) > 1:
+                raise ValueError(f"collect: table {table} row {name} on {ts}: judge summaries of several judged models {sorted(judged)}")
+            value, lo, hi = _over_seeds([(s.get("preference_share"), s.get("preference_share_ci95")) for s, _ in per_seed])
+            rows.append(preference_row(table=table, judged=judged.pop(), opponent=label, test_set=ts, share=value,
+                                       ci=(lo, hi), source=";".join(str(p) for _, p in per_seed)))
+    return rows
+
+
+def collect(spec: dict) -> pd.DataFrame:
+    from drpo.eval.tables import RESULT_COLUMNS
+
+    rows = []
+    for table, tspec in spec.get("tables", {}).items():
+        if tspec.get("builder") == "preference":
+            rows += _preference_rows(table, tspec, spec)
+        else:
+            rows += _metric_rows(table, tspec, spec)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def read_spec(path: str) -> dict:
+    """The collect spec: a JSON file (never JSON on the command line)."""
+    shown = path if len(path) <= 80 else path[:77] + "..."
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--spec {shown}: no such file (the workflow writes <results>/collect_spec.json)") from None
+    except OSError as err:
+        raise ValueError(f"--spec {shown}: cannot read it ({err.strerror}); --spec takes the path of a JSON file") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--spec {shown}: not JSON ({err})") from None
+    if not isinstance(spec, dict) or "tables" not in spec:
+        raise ValueError(f"--spec {shown}: a collect spec is a JSON object with results, models, test_sets, metrics, tables")
+    return spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="JSON: results dir, models, test sets, metrics, tables, judged summaries (the Snakefile writes it)")
+    parser.add_argument("--spec", required=True, help="JSON file: results dir, models, test sets, metrics, tables, judge "
+                                                      "summaries (the workflow writes <results>/collect_spec.json)")
     parser.add_argument("--out", required=True, help="results CSV to write")
 
 
 def main(args: argparse.Namespace) -> int:
-    spec = json.loads(Path(args.spec).read_text()) if Path(args.spec).exists() else json.loads(args.spec)
+    spec = read_spec(args.spec)
     df = collect(spec)
     if df.empty:
         raise ValueError("collect: no score or judge summaries found for the configured tables")

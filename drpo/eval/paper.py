@@ -3,7 +3,8 @@
 `PAPER[table][(row key, test set, metric)]` is the printed number (PS = PickScore×100, IR =
 ImageReward×10, AES raw, CLIP/HPSv2 ×100, GenEval and preference in %, seconds). Row keys, their
 printed labels and the aliases a results file may use for them are in `ROWS` and `ALIASES`;
-`canonical_row`/`canonical_test_set` map a results file's names onto them. The Qwen3-VL shares were
+`canonical_row`/`canonical_test_set` map a results file's names onto them. `TABLES` names the
+builder (drpo.eval.tables.BUILDERS) that draws each table. The Qwen3-VL shares were
 read off bar charts (±0.5) and the training curves are approximate readings (§6.7, §6.8).
 """
 
@@ -26,6 +27,14 @@ SECTIONS = {
     "geneval": "METHOD.md §6.4", "reference_objective": "METHOD.md §6.5", "ablation_k": "METHOD.md §6.6",
     "ablation_feature_map": "METHOD.md §6.6", "ablation_kernel": "METHOD.md §6.6", "ablation_eta": "METHOD.md §6.6",
     "qwen3vl_preference": "METHOD.md §6.7 (read from bar charts, ±0.5)", "training_curves": "METHOD.md §6.8 (approximate)",
+}
+
+# The paper's tables and the builder of drpo.eval.tables that draws each: a config's table names
+# both (`builder:`, and `paper:` for the one it is compared with), never by the table's own name.
+TABLES = {
+    "sd_turbo_main": "main", "sdxl_turbo_main": "main", "hpsv3_efficiency": "timing", "geneval": "geneval",
+    "reference_objective": "reference", "ablation_k": "ablation", "ablation_feature_map": "ablation",
+    "ablation_kernel": "ablation", "ablation_eta": "ablation", "qwen3vl_preference": "preference",
 }
 
 TEST_SETS = {"pickapic_v2": "Pick-a-Pic v2", "parti": "Parti-Prompts", "geneval": "GenEval"}
@@ -133,7 +142,7 @@ PAPER_CURVES: dict[str, list[tuple[int, float]]] = {
 _COMMON = {
     "drpo": "drpo", "ours": "drpo", "draft": "draft", "draftk": "draft", "vggflow": "vggflow", "dpo": "dpo",
     "dpo1step": "dpo", "onestepdpo": "dpo", "pso": "pso", "grpo": "grpo", "grpo1step": "grpo",
-    "base": "base", "turbo": "base", "sdturbo": "base", "sdxlturbo": "base",
+    "base": "base", "turbo": "base", "sdturbo": "base", "sdxlturbo": "base", "sdturbobase": "base", "sdxlturbobase": "base",
 }
 ALIASES: dict[str, dict[str, str]] = {
     "sd_turbo_main": {**_COMMON, "sdturbobase": "base", "sd15": "sd15", "sdv15": "sd15", "lcm": "lcm_sd15",
@@ -147,7 +156,8 @@ ALIASES: dict[str, dict[str, str]] = {
                             "refdrift": "ref_drift", "refdriftloss": "ref_drift", "referencedrift": "ref_drift",
                             "drpo": "ref_drift"},
     "ablation_feature_map": {"base": "base", "latentmae": "latent_mae_1", "rawlatent": "latent", "latent": "latent",
-                             "vaedinov2": "dinov2", "dinov2": "dinov2", "vaedecodedinov2": "dinov2"},
+                             "vaedinov2": "dinov2", "dinov2": "dinov2", "vaedecodedinov2": "dinov2",
+                             "vaedecdinov2": "dinov2"},
     "ablation_kernel": {"base": "base", "exp": "exponential", "gaussian": "rbf"},
     "ablation_k": {"base": "base"},
     "ablation_eta": {"base": "base"},
@@ -160,8 +170,10 @@ def norm(name: object) -> str:
     return re.sub(r"[^a-z0-9]+", "", str(name).lower())
 
 
-def canonical_row(table: str, name: object) -> str:
-    """The paper's row key for a results file's method name, or the name itself when unknown."""
+def canonical_row(table: str | None, name: object) -> str:
+    """The paper's row key for a results file's method name, or the name itself when unknown (or
+    when `table` is None: a table compared with none of the paper's). An ablation point labelled
+    `<grid>=<value>` ("kernel=rbf", the workflow's default label) is matched by its value."""
     n = norm(name)
     for row in ROWS.get(table, []):
         if n in (norm(row.key), norm(row.label)):
@@ -169,6 +181,10 @@ def canonical_row(table: str, name: object) -> str:
     aliases = ALIASES.get(table, {})
     if n in aliases:
         return aliases[n]
+    if str(table).startswith("ablation_") and "=" in str(name):
+        value = canonical_row(table, str(name).split("=", 1)[1])
+        if any(r.key == value for r in ROWS.get(table, [])):
+            return value
     if table in ("ablation_k", "ablation_eta"):  # "K=16", "eta_3000", "3e3" → "16", "3000"
         m = re.search(r"(\d+(?:\.\d+)?(?:e\d+)?)$", str(name).strip().lower())
         if m:

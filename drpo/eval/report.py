@@ -45,12 +45,14 @@ def _sample_grid(manifest: Path, n: int):
 def build_report(tables: str | Path, out: str | Path, samples: str | Path | None = None, n: int = 8, title: str = "drpo study") -> Path:
     tables = Path(tables)
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>", f"<h1>{html.escape(title)}</h1>"]
-    parts.append("<p>Cells: ours (paper value where the paper has one). Each table's <code>.sources.csv</code> names the file behind every cell.</p>")
-    for csv in sorted(tables.glob("*.csv")):
-        if csv.name.endswith(".sources.csv"):
-            continue
+    frames = {csv: pd.read_csv(csv, keep_default_na=False) for csv in sorted(tables.glob("*.csv"))
+              if not csv.name.endswith(".sources.csv")}
+    paper = any(str(c).endswith("(paper)") for frame in frames.values() for c in frame.columns)
+    note = "Cells: ours; a column marked (paper) holds the paper's value. " if paper else ""
+    parts.append(f"<p>{note}Each table's <code>.sources.csv</code> names the file behind every cell.</p>")
+    for csv, frame in frames.items():
         parts.append(f"<h2>{html.escape(csv.stem.replace('_', ' '))}</h2>")
-        parts.append(pd.read_csv(csv, keep_default_na=False).to_html(index=False, escape=True, border=0))
+        parts.append(frame.to_html(index=False, escape=True, border=0))
     for png in sorted(tables.glob("*.png")):
         parts.append(f"<h2>{html.escape(png.stem.replace('_', ' '))}</h2>{_png(png)}")
     if samples and Path(samples).exists():

@@ -1,18 +1,21 @@
 """The paper's tables and figures (METHOD.md §6) from a tidy results frame, with the paper beside us.
 
 Input: one row per number, columns `table, method, test_set, metric, value` and optionally
-`ci_low, ci_high, source` (the score file, summary or run the number comes from). Values are
+`ci_low, ci_high, source` (the score file, summary or run the number comes from) and `judged` (a
+preference row's judged model; its `method` is the opponent, the table's row). Values are
 **raw** (PickScore 0.2349, accuracy 0.465, share 0.698, seconds); the display scaling
-(`drpo.eval.metrics.to_display`) is applied here and nowhere else. Method and test-set names are
-matched to the paper's rows leniently (`drpo.eval.paper.canonical_row`: "DPO 1step", "dpo" and
-"dpo_1step" are one row); unknown methods become extra rows after the paper's.
+(`drpo.eval.metrics.to_display`) is applied here and nowhere else.
 
-Tables: sd_turbo_main, sdxl_turbo_main (Steps, Reward grad, PS/AES/IR on Pick-a-Pic v2 and Parti),
-hpsv3_efficiency (update seconds, speed-up, backward and the per-component breakdown: metrics
-`time:<component>`), geneval (metrics `geneval:<tag>`, accuracy), reference_objective,
-ablation_k / ablation_feature_map / ablation_kernel / ablation_eta, qwen3vl_preference (metric
-`preference`, the share). Figures: the preference bar chart with CIs, training curves, the timing
-breakdown.
+A table is drawn by a **builder** (`BUILDERS`: main, timing, geneval, reference, ablation,
+preference, generic) and compared with one of **the paper's tables** (`drpo.eval.paper.TABLES`:
+sd_turbo_main, sdxl_turbo_main, hpsv3_efficiency, geneval, reference_objective, ablation_k /
+ablation_feature_map / ablation_kernel / ablation_eta, qwen3vl_preference) only when its spec
+says so (`{builder: main, paper: sd_turbo_main}`); the table's own name chooses nothing. Compared
+with a paper table, method and test-set names are matched to the paper's rows leniently
+(`drpo.eval.paper.canonical_row`: "DPO 1step", "dpo" and "dpo_1step" are one row); unknown methods
+become extra rows after the paper's. Without a paper table, rows are our methods as named, and no
+cell has a paper value. Figures: each preference table's bar chart with CIs, each timing table's
+breakdown, training curves.
 
 The paper column scheme (one, everywhere): each number of ours has the published number beside
 it. In `<name>.csv` every value column `C` is followed by `C (paper)` (numbers as displayed);
@@ -41,8 +44,9 @@ from drpo.eval.metrics import (
     to_display,
 )
 
-RESULT_COLUMNS = ["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source"]
+RESULT_COLUMNS = ["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source", "judged"]
 DASH = "–"
+TEXT_METRICS = ("steps", "reward_grad")  # method properties, not numbers on a test set
 
 
 @dataclass
@@ -77,12 +81,16 @@ class Table:
         j = [self.header(k) for k in range(len(self.columns))].index(column)
         return self.cells[i][j]
 
+    @property
+    def has_paper(self) -> bool:
+        return any(c.paper is not None for row in self.cells for c in row)
+
 
 # -- results ------------------------------------------------------------------------------------
 
 
 def load_results(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
-    """A validated results frame (csv, parquet or DataFrame), with canonical names in `_row`, `_ts`, `_metric`."""
+    """A validated results frame (csv, parquet or DataFrame), with canonical names in `_ts`, `_metric`."""
     if not isinstance(results, pd.DataFrame):
         path = Path(results)
         if not path.exists():
@@ -94,8 +102,8 @@ def load_results(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     df = results.copy()
     missing = [c for c in ("table", "method", "metric", "value") if c not in df.columns]
     if missing:
-        raise ValueError(f"{where}: missing columns {missing}; need {RESULT_COLUMNS} (ci_low, ci_high, source, test_set optional)")
-    for c in ("test_set", "source"):
+        raise ValueError(f"{where}: missing columns {missing}; need {RESULT_COLUMNS} (ci_low, ci_high, source, test_set, judged optional)")
+    for c in ("test_set", "source", "judged"):
         if c not in df.columns:
             df[c] = ""
         df[c] = df[c].fillna("").astype(str)
@@ -103,7 +111,6 @@ def load_results(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
         if c not in df.columns:
             df[c] = np.nan
     df["table"] = df["table"].astype(str).str.strip()
-    df["_row"] = [P.canonical_row(t, m) for t, m in zip(df["table"], df["method"])]
     df["_ts"] = [P.canonical_test_set(t) for t in df["test_set"]]
     df["_metric"] = [canonical_metric(m) for m in df["metric"]]
     for i, r in df.iterrows():
@@ -113,11 +120,23 @@ def load_results(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _lookup(res: pd.DataFrame, table: str, row: str, metric: str, test_set: str | None) -> pd.Series | None:
-    m = (res["table"] == table) & (res["_row"] == row) & (res["_metric"] == metric)
+def _results(results) -> pd.DataFrame:
+    return results if isinstance(results, pd.DataFrame) and "_metric" in results.columns else load_results(results)
+
+
+def table_rows(res: pd.DataFrame, name: str, paper: str | None) -> pd.DataFrame:
+    """The results rows of table `name`, with `_row` = the paper table's row key of each method
+    (when compared with `paper`) or the method as named."""
+    sub = res[res["table"] == name].copy()
+    sub["_row"] = [P.canonical_row(paper, m) if paper else str(m) for m in sub["method"]]
+    return sub
+
+
+def _lookup(sub: pd.DataFrame, table: str, row: str, metric: str, test_set: str | None) -> pd.Series | None:
+    m = (sub["_row"] == row) & (sub["_metric"] == metric)
     if test_set is not None:
-        m &= res["_ts"] == test_set
-    hit = res[m]
+        m &= sub["_ts"] == test_set
+    hit = sub[m]
     if len(hit) > 1:
         raise ValueError(
             f"results: {len(hit)} rows for table={table} method={row} test_set={test_set} metric={metric} "
@@ -134,13 +153,17 @@ def _num(x) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _metric_cell(res, table, row, metric, test_set, *, paper_key=None) -> Cell:
-    """Ours (display units, with CI) and the paper's number for one (row, test set, metric)."""
-    hit = _lookup(res, table, row, metric, test_set)
-    pk = paper_key or (row, test_set or _single_test_set(table), metric)
-    cell = Cell(decimals=display_decimals(metric), paper=P.PAPER.get(table, {}).get(pk))
+def _paper_value(paper: str | None, key: tuple[str, str, str]):
+    return P.PAPER.get(paper, {}).get(key) if paper else None
+
+
+def _metric_cell(sub, table, paper, row, metric, test_set, *, paper_key=None) -> Cell:
+    """Ours (display units, with CI) and the paper's number (when compared with `paper`) for one
+    (row, test set, metric); test_set None: the row's only value of the metric, on any test set."""
+    hit = _lookup(sub, table, row, metric, test_set)
+    cell = Cell(decimals=display_decimals(metric), paper=_paper_value(paper, paper_key or (row, test_set or "", metric)))
     if cell.paper is not None:
-        cell.paper_source = P.SECTIONS.get(table, "paper")
+        cell.paper_source = P.SECTIONS.get(paper, "paper")
     if hit is not None:
         raw = _num(hit["value"])
         cell.raw = raw
@@ -152,49 +175,67 @@ def _metric_cell(res, table, row, metric, test_set, *, paper_key=None) -> Cell:
     return cell
 
 
-def _single_test_set(table: str) -> str:
-    return "pickapic_v2" if table in ("reference_objective",) or table.startswith("ablation_") else ""
-
-
-def _row_keys(res: pd.DataFrame, table: str) -> list[str]:
-    """The paper's rows, then rows only our results have (in order of appearance)."""
-    keys = [r.key for r in P.ROWS.get(table, [])]
-    for k in res.loc[res["table"] == table, "_row"]:
+def _row_keys(sub: pd.DataFrame, paper: str | None) -> list[str]:
+    """The paper's rows (when compared with one), then rows only our results have (in order of appearance)."""
+    keys = [r.key for r in P.ROWS.get(paper, [])] if paper else []
+    for k in sub["_row"]:
         if k not in keys:
             keys.append(k)
     return keys
 
 
+def _our_columns(sub: pd.DataFrame, metrics: list[str] | None = None) -> list[tuple[str, str]]:
+    """(test set, metric) of our numbers in order of appearance (method properties left out)."""
+    cols = [(ts, m) for ts, m in zip(sub["_ts"], sub["_metric"]) if m not in TEXT_METRICS and (metrics is None or m in metrics)]
+    return list(dict.fromkeys(cols))
+
+
+def _check_paper(builder: str, paper: str | None) -> None:
+    if paper is not None and P.TABLES.get(paper) != builder:
+        raise ValueError(f"the paper's table {paper!r} is drawn by builder {P.TABLES.get(paper)!r}, not {builder!r}"
+                         if paper in P.TABLES else f"{paper!r} is not one of the paper's tables ({', '.join(P.TABLES)})")
+
+
 # -- table builders -----------------------------------------------------------------------------
+#
+# Each builder is `build(results, name, paper=None, spec=None) -> Table`: `name` is the results'
+# table (and the files' name), `paper` the paper table it is compared with (None: none), `spec` the
+# config's table spec (rows, metrics, test sets, ablation).
 
 _MAIN_HEADERS = {"pickscore": "PS", "aesthetic": "AES", "imagereward": "IR"}
+_PAPER_TITLES = {"sd_turbo_main": "SD-Turbo", "sdxl_turbo_main": "SDXL-Turbo"}
 
 
-def main_table(results, family: str = "sd-turbo") -> Table:
-    """§6.1/§6.2: rows = methods; Steps, Reward grad, then PS/AES/IR on Pick-a-Pic v2 and Parti."""
-    res = load_results(results)
-    name = {"sd-turbo": "sd_turbo_main", "sdxl-turbo": "sdxl_turbo_main"}.get(family)
-    if name is None:
-        raise ValueError(f"main_table: family must be sd-turbo or sdxl-turbo, got {family!r}")
-    title = {"sd_turbo_main": "SD-Turbo", "sdxl_turbo_main": "SDXL-Turbo"}[name] + " (PS = PickScore×100, IR = ImageReward×10)"
-    cols = [(ts, m) for ts in ("pickapic_v2", "parti") for m in P.MAIN_METRICS]
-    keys = _row_keys(res, name)
+def _title(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def main_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
+    """§6.1/§6.2: rows = methods; Steps, Reward grad, then PS/AES/IR on Pick-a-Pic v2 and Parti (with
+    the paper's table), then any other test set × metric of ours."""
+    _check_paper("main", paper)
+    sub = table_rows(_results(results), name, paper)
+    cols = [(ts, m) for ts in ("pickapic_v2", "parti") for m in P.MAIN_METRICS] if paper else []
+    cols += [c for c in _our_columns(sub) if c not in cols]
+    keys = _row_keys(sub, paper)
     cells = []
     for k in keys:
-        info = P.row_info(name, k)
-        steps = _text_cell(res, name, k, "steps", info.steps if info else None, "number of sampling steps")
-        grad = _text_cell(res, name, k, "reward_grad", info.reward_grad if info else None, "uses reward gradients")
-        cells.append([steps, grad] + [_metric_cell(res, name, k, m, ts) for ts, m in cols])
+        info = P.row_info(paper, k) if paper else None
+        steps = _text_cell(sub, name, paper, k, "steps", info.steps if info else None, "number of sampling steps")
+        grad = _text_cell(sub, name, paper, k, "reward_grad", info.reward_grad if info else None, "uses reward gradients")
+        cells.append([steps, grad] + [_metric_cell(sub, name, paper, k, m, ts) for ts, m in cols])
+    title = _PAPER_TITLES[paper] if paper else _title(name)
     return Table(
-        name=name, title=title, row_header="Method", rows=[P.row_label(name, k) for k in keys],
-        columns=["Steps", "Reward grad"] + [_MAIN_HEADERS[m] for _, m in cols],
-        groups=["", ""] + [P.TEST_SETS[ts] for ts, _ in cols], cells=cells,
+        name=name, title=f"{title} (PS = PickScore×100, IR = ImageReward×10)", row_header="Method",
+        rows=[P.row_label(paper, k) for k in keys],
+        columns=["Steps", "Reward grad"] + [_MAIN_HEADERS.get(m, m) for _, m in cols],
+        groups=["", ""] + [P.TEST_SETS.get(ts, ts) for ts, _ in cols], cells=cells,
     )
 
 
-def _text_cell(res, table, row, metric, paper_value, what: str) -> Cell:
+def _text_cell(sub, table, paper, row, metric, paper_value, what: str) -> Cell:
     """A method property (steps, reward grad): from our results when given there, else the paper's."""
-    hits = res[(res["table"] == table) & (res["_row"] == row) & (res["_metric"] == metric)]
+    hits = sub[(sub["_row"] == row) & (sub["_metric"] == metric)]
     if hits["value"].astype(str).nunique() > 1:
         raise ValueError(f"results: conflicting {metric} values {sorted(hits['value'].astype(str).unique())} "
                          f"for table={table} method={row} (sources: {list(hits['source'])})")
@@ -208,111 +249,185 @@ def _text_cell(res, table, row, metric, paper_value, what: str) -> Cell:
         return Cell(value=v, decimals=0, source=hit["source"])
     if paper_value is None:
         return Cell(decimals=0)
-    return Cell(value=paper_value, decimals=0, source=f"{P.SECTIONS.get(table, 'paper')} ({what}, a property of the method)")
+    return Cell(value=paper_value, decimals=0, source=f"{P.SECTIONS.get(paper, 'paper')} ({what}, a property of the method)")
 
 
 _EFFICIENCY_LINES = [("reward_grad", "Reward gradient"), ("effective_batch", "Effective batch"),
                      ("update_s", "Update time (s)"), ("speedup", "Speed-up (×)"), ("backward_s", "Backward (s)")]
 
 
-def efficiency_table(results) -> Table:
-    """§6.3: rows = the table's lines plus the timing breakdown (`time:<component>`), columns = methods."""
-    res = load_results(results)
-    name = "hpsv3_efficiency"
-    keys = _row_keys(res, name)
-    mine = res[res["table"] == name]
-    breakdown = list(dict.fromkeys(m for m in mine["_metric"] if m.startswith("time:")))
+def efficiency_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
+    """§6.3: rows = the table's lines plus the timing breakdown (`time:<component>`), columns =
+    methods. Speed-up: against DRaFT with the paper's table, else against the first method."""
+    _check_paper("timing", paper)
+    sub = table_rows(_results(results), name, paper)
+    keys = _row_keys(sub, paper)
+    breakdown = list(dict.fromkeys(m for m in sub["_metric"] if m.startswith("time:")))
     lines = _EFFICIENCY_LINES + [(m, f"↳ {m.split(':', 1)[1].replace('_', ' ')} (s)") for m in breakdown]
-    ref = _lookup(res, name, "draft", "update_s", None)
+    ref_key = "draft" if paper else (keys[0] if keys else None)
+    ref = _lookup(sub, name, ref_key, "update_s", None) if ref_key is not None else None
     grid: list[list[Cell]] = []
     for metric, _ in lines:
         row_cells = []
         for k in keys:
-            paper = P.PAPER[name].get((k, "", metric))
-            src = P.SECTIONS[name] if paper is not None else ""
+            paper_v = _paper_value(paper, (k, "", metric))
+            src = P.SECTIONS[paper] if paper_v is not None else ""
             if metric == "reward_grad":
-                info = P.row_info(name, k)
-                c = _text_cell(res, name, k, metric, info.reward_grad if info else None, "uses reward gradients")
+                info = P.row_info(paper, k) if paper else None
+                c = _text_cell(sub, name, paper, k, metric, info.reward_grad if info else None, "uses reward gradients")
             elif metric == "speedup":
                 c = Cell(decimals=2)
-                mine_t = _lookup(res, name, k, "update_s", None)
+                mine_t = _lookup(sub, name, k, "update_s", None)
                 if ref is not None and mine_t is not None and _num(mine_t["value"]):
                     c.raw = c.value = _num(ref["value"]) / _num(mine_t["value"])
-                    c.source = f"computed: update_s(DRaFT) / update_s({P.row_label(name, k)}) from {ref['source']} ; {mine_t['source']}"
+                    c.source = (f"computed: update_s({P.row_label(paper, ref_key)}) / update_s({P.row_label(paper, k)}) "
+                                f"from {ref['source']} ; {mine_t['source']}")
             else:
-                hit = _lookup(res, name, k, metric, None)
+                hit = _lookup(sub, name, k, metric, None)
                 c = Cell(decimals=0 if metric == "effective_batch" else 2)
                 if hit is not None:
                     c.raw = c.value = _num(hit["value"])
                     lo, hi = _num(hit["ci_low"]), _num(hit["ci_high"])
                     c.ci = (lo, hi) if lo is not None and hi is not None else None
                     c.source = hit["source"]
-            c.paper, c.paper_source = paper, src
+            c.paper, c.paper_source = paper_v, src
             row_cells.append(c)
         grid.append(row_cells)
-    return Table(name=name, title="Efficiency with HPSv3 (SD-Turbo): seconds per update at effective batch 192",
-                 row_header="Metric", rows=[label for _, label in lines],
-                 columns=[P.row_label(name, k) for k in keys], cells=grid)
+    title = ("Efficiency with HPSv3 (SD-Turbo): seconds per update at effective batch 192" if paper
+             else f"{_title(name)}: seconds per update")
+    return Table(name=name, title=title, row_header="Metric", rows=[label for _, label in lines],
+                 columns=[P.row_label(paper, k) for k in keys], cells=grid)
 
 
-def geneval_table(results) -> Table:
+def geneval_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
     """§6.4: rows = GenEval tasks + overall (mean of the six task accuracies), columns = methods, %."""
-    res = load_results(results)
-    name = "geneval"
-    keys = _row_keys(res, name)
-    grid = [[_metric_cell(res, name, k, f"geneval:{t}", None, paper_key=(k, "geneval", f"geneval:{t}")) for k in keys]
+    _check_paper("geneval", paper)
+    sub = table_rows(_results(results), name, paper)
+    keys = _row_keys(sub, paper)
+    grid = [[_metric_cell(sub, name, paper, k, f"geneval:{t}", None, paper_key=(k, "geneval", f"geneval:{t}")) for k in keys]
             for t in GENEVAL_TAGS]
     overall = []
     for j, k in enumerate(keys):
-        c = _metric_cell(res, name, k, "geneval:overall", None)
+        c = _metric_cell(sub, name, paper, k, "geneval:overall", None)
         if c.value is None and all(grid[i][j].raw is not None for i in range(len(GENEVAL_TAGS))):
             c.raw = float(np.mean([grid[i][j].raw for i in range(len(GENEVAL_TAGS))]))
             c.value = to_display(c.raw, "geneval")
             c.source = "computed: mean of the six task accuracies (GenEval's overall score)"
         overall.append(c)
     grid.append(overall)
-    return Table(name=name, title="GenEval task accuracy (%)", row_header="Task",
-                 rows=[GENEVAL_TAG_LABELS[t] for t in GENEVAL_TAGS] + ["Overall (mean of tasks)"],
-                 columns=[P.row_label(name, k) for k in keys], cells=grid,
-                 notes="The paper prints no overall GenEval score.")
+    return Table(name=name, title="GenEval task accuracy (%)",
+                 row_header="Task", rows=[GENEVAL_TAG_LABELS[t] for t in GENEVAL_TAGS] + ["Overall (mean of tasks)"],
+                 columns=[P.row_label(paper, k) for k in keys], cells=grid,
+                 notes="The paper prints no overall GenEval score." if paper else "")
 
 
-def reference_objective_table(results) -> Table:
+_REFERENCE_METRICS = [("pickscore", "PickScore"), ("clip", "CLIP"), ("aesthetic", "AES"), ("hpsv2", "HPSv2")]
+
+
+def _metric_columns(sub, paper_metrics: list[tuple[str, str]] | None) -> tuple[list[tuple[str | None, str]], list[str], list[str]]:
+    """(lookups, column labels, groups): with the paper's table its metrics on their one test set
+    (any test set of ours), else our test set × metric in order of appearance."""
+    if paper_metrics is not None:
+        return [(None, m) for m, _ in paper_metrics], [h for _, h in paper_metrics], []
+    cols = _our_columns(sub)
+    labels = dict(_REFERENCE_METRICS)
+    groups = [P.TEST_SETS.get(ts, ts) for ts, _ in cols] if len({ts for ts, _ in cols}) > 1 else []
+    return cols, [labels.get(m, m) for _, m in cols], groups
+
+
+def reference_objective_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
     """§6.5: rows = reference objectives; PickScore, CLIP, HPSv2 (×100) and AES on Pick-a-Pic v2."""
-    res = load_results(results)
-    name = "reference_objective"
-    metrics = [("pickscore", "PickScore"), ("clip", "CLIP"), ("aesthetic", "AES"), ("hpsv2", "HPSv2")]
-    keys = _row_keys(res, name)
-    return Table(name=name, title="Reference objective (SD-Turbo, Pick-a-Pic v2; PickScore, CLIP, HPSv2 ×100)",
-                 row_header="Objective", rows=[P.row_label(name, k) for k in keys],
-                 columns=[h for _, h in metrics], cells=[[_metric_cell(res, name, k, m, None) for m, _ in metrics] for k in keys])
+    _check_paper("reference", paper)
+    sub = table_rows(_results(results), name, paper)
+    keys = _row_keys(sub, paper)
+    cols, labels, groups = _metric_columns(sub, _REFERENCE_METRICS if paper else None)
+    title = ("Reference objective (SD-Turbo, Pick-a-Pic v2; PickScore, CLIP, HPSv2 ×100)" if paper
+             else f"{_title(name)}: reference objective")
+    return Table(name=name, title=title, row_header="Objective", rows=[P.row_label(paper, k) for k in keys],
+                 columns=labels, groups=groups,
+                 cells=[[_metric_cell(sub, name, paper, k, m, ts, paper_key=(k, ts or "pickapic_v2", m)) for ts, m in cols]
+                        for k in keys])
 
 
 ABLATIONS = {"ablation_k": "Candidates per prompt K", "ablation_feature_map": "Feature map",
              "ablation_kernel": "Kernel", "ablation_eta": "Velocity scale η"}
 
 
-def ablation_table(results, which: str) -> Table:
-    """§6.6: one ablation (K, feature map, kernel, η); PS and AES on Pick-a-Pic v2, base row first."""
-    if which not in ABLATIONS:
-        raise ValueError(f"ablation_table: which must be one of {list(ABLATIONS)}, got {which!r}")
-    res = load_results(results)
-    keys = _row_keys(res, which)
-    return Table(name=which, title=f"Ablation: {ABLATIONS[which]} (SD-Turbo, Pick-a-Pic v2)",
-                 row_header=ABLATIONS[which], rows=[P.row_label(which, k) for k in keys], columns=["PS", "AES"],
-                 cells=[[_metric_cell(res, which, k, m, None) for m in ("pickscore", "aesthetic")] for k in keys])
+def ablation_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
+    """§6.6: one ablation (K, feature map, kernel, η); PS and AES on Pick-a-Pic v2, base row first
+    (with the paper's table); without it, the grid's rows and our test set × metric."""
+    _check_paper("ablation", paper)
+    sub = table_rows(_results(results), name, paper)
+    keys = _row_keys(sub, paper)
+    cols, labels, groups = _metric_columns(sub, [("pickscore", "PS"), ("aesthetic", "AES")] if paper else None)
+    what = ABLATIONS[paper] if paper else str((spec or {}).get("ablation") or _title(name))
+    title = f"Ablation: {what} (SD-Turbo, Pick-a-Pic v2)" if paper else f"Ablation: {what}"
+    return Table(name=name, title=title, row_header=what, rows=[P.row_label(paper, k) for k in keys],
+                 columns=labels, groups=groups,
+                 cells=[[_metric_cell(sub, name, paper, k, m, ts, paper_key=(k, ts or "pickapic_v2", m)) for ts, m in cols]
+                        for k in keys])
 
 
-def preference_table(results) -> Table:
-    """§6.7: DrPO's Qwen3-VL preference share (%) against each opponent, per test set."""
-    res = load_results(results)
-    name = "qwen3vl_preference"
-    keys = _row_keys(res, name)
-    return Table(name=name, title="Qwen3-VL pairwise preference for DrPO (%), SDXL-Turbo", row_header="DrPO vs.",
-                 rows=[P.row_label(name, k) for k in keys], columns=[P.TEST_SETS[t] for t in ("pickapic_v2", "parti")],
-                 cells=[[_metric_cell(res, name, k, "preference", t) for t in ("pickapic_v2", "parti")] for k in keys])
+def judged_model(sub: pd.DataFrame, table: str) -> str:
+    """The one model a preference table's shares are of (results column `judged`; "" if unnamed)."""
+    judged = sorted({j for j in sub["judged"] if j})
+    if len(judged) > 1:
+        raise ValueError(f"results: table {table} holds preference shares of several judged models {judged}; "
+                         f"a preference table is one model against each opponent")
+    return judged[0] if judged else ""
 
 
+def preference_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
+    """§6.7: the judged model's (DrPO's) pairwise preference share (%) against each opponent (a
+    row), per test set (a column): Pick-a-Pic v2 and Parti with the paper's table."""
+    _check_paper("preference", paper)
+    sub = table_rows(_results(results), name, paper)
+    sub = sub[sub["_metric"] == "preference"]
+    judged = judged_model(sub, name)
+    if paper and judged and P.canonical_row(paper, judged) != "drpo":
+        raise ValueError(f"table {name} is compared with the paper's {paper}, DrPO's shares; its results judge {judged!r}")
+    keys = _row_keys(sub, paper)
+    test_sets = ["pickapic_v2", "parti"] if paper else []
+    test_sets += [ts for ts in dict.fromkeys(sub["_ts"]) if ts not in test_sets]
+    who = judged or "DrPO"
+    title = (f"Qwen3-VL pairwise preference for {who} (%), SDXL-Turbo" if paper
+             else f"{_title(name)}: pairwise preference for {who} (%)")
+    return Table(name=name, title=title, row_header=f"{who} vs.",
+                 rows=[P.row_label(paper, k) for k in keys], columns=[P.TEST_SETS.get(t, t) for t in test_sets],
+                 cells=[[_metric_cell(sub, name, paper, k, "preference", t) for t in test_sets] for k in keys])
+
+
+def generic_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
+    """Any other table of a config (the shapes world's, a user's): rows = methods in order of
+    appearance, columns = test set × metric, display scaling as everywhere, no paper column."""
+    if paper is not None:
+        raise ValueError(f"builder generic draws none of the paper's tables (got paper {paper!r})")
+    sub = table_rows(_results(results), name, None)
+    keys = list(dict.fromkeys(sub["_row"]))
+    cols = list(dict.fromkeys(zip(sub["_ts"], sub["_metric"])))
+    cells = [[_metric_cell(sub, name, None, k, m, ts) for ts, m in cols] for k in keys]
+    return Table(name=name, title=_title(name), row_header="Method", rows=keys,
+                 columns=[m for _, m in cols], cells=cells, groups=[ts for ts, _ in cols])
+
+
+BUILDERS = {
+    "main": main_table, "timing": efficiency_table, "geneval": geneval_table, "reference": reference_objective_table,
+    "ablation": ablation_table, "preference": preference_table, "generic": generic_table,
+}
+
+
+def paper_tables() -> dict[str, dict]:
+    """A table spec of every paper table under its own name, compared with it: for a results file
+    whose `table` column names the paper's tables (`drpo tables --paper`)."""
+    return {name: {"builder": builder, "paper": name} for name, builder in P.TABLES.items()}
+
+
+def build_table(results, name: str, spec: dict) -> Table:
+    """Table `name` drawn by its spec's builder, compared with its spec's paper table (if any)."""
+    builder = spec.get("builder")
+    if builder not in BUILDERS:
+        raise ValueError(f"table {name}: builder {builder!r} is not one of {', '.join(BUILDERS)}")
+    return BUILDERS[builder](results, name, spec.get("paper"), spec)
 # -- writers ------------------------------------------------------------------------------------
 
 
@@ -377,7 +492,8 @@ def markdown(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(esc(h) for h in header) + " |",
              "|" + "|".join(["---"] + [":---:"] * len(t.columns)) + "|"]
     lines += ["| " + " | ".join(esc(x) for x in row) + " |" for row in body]
-    lines += ["", f"Cells: ours (paper value). Every cell's source: `{t.name}.sources.csv`." + (f" {t.notes}" if t.notes else "")]
+    caption = "Cells: ours (paper value). " if t.has_paper else ""
+    lines += ["", f"{caption}Every cell's source: `{t.name}.sources.csv`." + (f" {t.notes}" if t.notes else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -401,7 +517,8 @@ def latex(t: Table) -> str:
         ours = tex_escape(_fmt(c.value, c.decimals))
         return ours if c.paper is None else f"{ours}~{{\\scriptsize(paper {tex_escape(_fmt(c.paper, c.decimals))})}}"
 
-    lines = [f"% generated by `drpo tables`; cells: ours (paper value); sources: {t.name}.sources.csv",
+    cell_note = "ours (paper value)" if t.has_paper else "ours"
+    lines = [f"% generated by `drpo tables`; cells: {cell_note}; sources: {t.name}.sources.csv",
              r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(t.title)}}}", f"\\label{{tab:{t.name}}}",
              f"\\begin{{tabular}}{{l{'c' * n}}}", r"\toprule"]
     if t.groups and any(t.groups):
@@ -444,6 +561,7 @@ def write_table(t: Table, out_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 # -- figures ------------------------------------------------------------------------------------
+# -- figures ------------------------------------------------------------------------------------
 
 
 def _plt():
@@ -464,61 +582,59 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def preference_chart(results, out_png: str | os.PathLike) -> Path | None:
-    """§6.7 bar chart: DrPO's preference share (%) vs each opponent, both test sets, bootstrap CIs as
-    error bars, the paper's (chart-read) values as black ticks, 50 % dashed. None without our numbers."""
-    t = preference_table(results)
+def preference_chart(t: Table, out_png: str | os.PathLike) -> Path | None:
+    """§6.7 bar chart of a preference table: the judged model's share (%) vs each opponent, a bar
+    per test set, bootstrap CIs as error bars, the paper's (chart-read) values as black ticks when
+    the table has them, 50 % dashed. None without our numbers."""
     if all(c.value is None for row in t.cells for c in row):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.4 * len(t.rows) + 2, 3.6))
-    width = 0.38
+    n = max(len(t.columns), 1)
+    width = 0.76 / n
     x = np.arange(len(t.rows))
     for j, label in enumerate(t.columns):
-        vals = np.array([c.value if c.value is not None else np.nan for c in (row[j] for row in t.cells)], float)
-        lo = np.array([vals[i] - c.ci[0] if c.ci else 0.0 for i, c in enumerate(row[j] for row in t.cells)])
-        hi = np.array([c.ci[1] - vals[i] if c.ci else 0.0 for i, c in enumerate(row[j] for row in t.cells)])
-        pos = x + (j - 0.5) * width
+        col = [row[j] for row in t.cells]
+        vals = np.array([c.value if c.value is not None else np.nan for c in col], float)
+        lo = np.array([vals[i] - c.ci[0] if c.ci else 0.0 for i, c in enumerate(col)])
+        hi = np.array([c.ci[1] - vals[i] if c.ci else 0.0 for i, c in enumerate(col)])
+        pos = x + (j - (n - 1) / 2) * width
         ax.bar(pos, vals, width, label=f"{label} (ours)", yerr=np.nan_to_num(np.vstack([lo, hi])), capsize=3)
-        paper = np.array([c.paper if c.paper is not None else np.nan for c in (row[j] for row in t.cells)], float)
-        ax.scatter(pos, paper, marker="_", s=300, color="black", zorder=3, label="paper" if j == 0 else None)
+        if t.has_paper:
+            paper = np.array([c.paper if c.paper is not None else np.nan for c in col], float)
+            ax.scatter(pos, paper, marker="_", s=300, color="black", zorder=3, label="paper" if j == 0 else None)
         for p, v, up in zip(pos, vals, hi):
             if not np.isnan(v):
                 ax.text(p, v + up + 1, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(50, ls="--", color="grey", lw=1)
     ax.set_xticks(x, t.rows)
-    ax.set_ylabel("DrPO preference [%]")
+    ax.set_ylabel(f"{t.row_header.removesuffix(' vs.')} preference [%]")
     ax.set_ylim(0, 100)
-    ax.set_title("Qwen3-VL pairwise preference (SDXL-Turbo)")
+    ax.set_title(t.title)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, Path(out_png))
 
 
-def efficiency_chart(results, out_png: str | os.PathLike) -> Path | None:
-    """Stacked per-update time breakdown (`time:<component>` seconds) per method; None without any."""
-    res = load_results(results)
-    mine = res[(res["table"] == "hpsv3_efficiency") & res["_metric"].str.startswith("time:")]
-    if mine.empty:
+def efficiency_chart(t: Table, out_png: str | os.PathLike) -> Path | None:
+    """Stacked per-update time breakdown (the `time:<component>` lines of a timing table) per
+    method; None without any."""
+    lines = [i for i, r in enumerate(t.rows) if r.startswith("↳ ")]
+    if not any(t.cells[i][j].value is not None for i in lines for j in range(len(t.columns))):
         return None
     plt = _plt()
-    methods = list(dict.fromkeys(mine["_row"]))
-    comps = list(dict.fromkeys(mine["_metric"]))
-    fig, ax = plt.subplots(figsize=(6, 0.8 * len(methods) + 1.5))
-    left = np.zeros(len(methods))
-    for comp in comps:
-        hits = [_lookup(res, "hpsv3_efficiency", m, comp, None) for m in methods]
-        vals = np.array([_num(h["value"]) or 0.0 if h is not None else 0.0 for h in hits])
-        ax.barh([P.row_label("hpsv3_efficiency", m) for m in methods], vals, left=left, label=comp.split(":", 1)[1])
+    fig, ax = plt.subplots(figsize=(6, 0.8 * len(t.columns) + 1.5))
+    left = np.zeros(len(t.columns))
+    for i in lines:
+        vals = np.array([t.cells[i][j].value or 0.0 for j in range(len(t.columns))], float)
+        ax.barh(t.columns, vals, left=left, label=t.rows[i].removeprefix("↳ ").removesuffix(" (s)"))
         left += vals
     ax.set_xlabel("seconds per update")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
-    ax.set_title("HPSv3 update time breakdown")
+    ax.set_title(f"{t.title.split(':')[0]}: update time breakdown")
     return _save(fig, Path(out_png))
 
 
 CURVE_KEYS = ("eval/{metric}", "eval/{metric}_mean", "eval/reward", "eval/reward_mean", "{metric}", "reward/mean")
-
-
 def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
     """A run's metrics: JSONL (the trainer's metrics.jsonl) or CSV; one row per logged step.
 
@@ -540,11 +656,12 @@ def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
 
 def training_curves(
     runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, *, metric: str = "pickscore",
-    y_key: str | None = None, x_key: str = "step", paper: bool = True,
+    y_key: str | None = None, x_key: str = "step", paper: bool = False,
 ) -> Path:
-    """Reward vs step (or hours when x_key='time') of several runs in display units, with the paper's
-    approximate curves (§6.8) dotted for runs named like a paper method. Also writes the plotted
-    points to `<png stem>.csv` and their sources to `<png stem>.sources.csv`."""
+    """Reward vs step (or hours when x_key='time') of several runs in display units; with `paper`
+    (SD-Turbo PickScore runs only), the paper's approximate curves (§6.8) dotted for runs named like
+    a paper method. Also writes the plotted points to `<png stem>.csv` and their sources to
+    `<png stem>.sources.csv`."""
     from drpo.io import atomic_path
 
     if not runs:
@@ -582,59 +699,48 @@ def training_curves(
     return _save(fig, out)
 
 
+
 # -- everything ---------------------------------------------------------------------------------
-
-def generic_table(results, name: str) -> Table:
-    """Any other table of a config (the shapes world's, a user's): rows = methods in order of
-    appearance, columns = test set × metric, display scaling as everywhere, no paper column."""
-    res = load_results(results)
-    sub = res[res["table"] == name]
-    keys = list(dict.fromkeys(sub["_row"]))
-    labels = {k: (sub.loc[sub["_row"] == k, "method"].iloc[0]) for k in keys}
-    cols = list(dict.fromkeys(zip(sub["_ts"], sub["_metric"])))
-    cells = [[_metric_cell(res, name, k, m, ts) for ts, m in cols] for k in keys]
-    return Table(name=name, title=name.replace("_", " "), row_header="Method", rows=[labels[k] for k in keys],
-                 columns=[m for _, m in cols], cells=cells, groups=[ts for ts, _ in cols])
-
-
-TABLE_BUILDERS = {
-    "sd_turbo_main": lambda r: main_table(r, "sd-turbo"),
-    "sdxl_turbo_main": lambda r: main_table(r, "sdxl-turbo"),
-    "hpsv3_efficiency": efficiency_table,
-    "geneval": geneval_table,
-    "reference_objective": reference_objective_table,
-    **{name: (lambda r, n=name: ablation_table(r, n)) for name in ABLATIONS},
-    "qwen3vl_preference": preference_table,
-}
 
 
 def build_all(
-    results, out_dir: str | os.PathLike, *, curves: dict[str, str | os.PathLike] | None = None,
-    curve_metric: str = "pickscore", curve_key: str | None = None, include_empty: bool = False,
+    results, out_dir: str | os.PathLike, *, tables: dict[str, dict] | None = None,
+    curves: dict[str, str | os.PathLike] | None = None, curve_metric: str = "pickscore", curve_key: str | None = None,
+    curves_paper: bool = False, include_empty: bool = False,
 ) -> dict[str, dict[str, Path]]:
-    """Every table with results (all with include_empty), the figures, and `index.md` linking them."""
+    """Every table of `tables` (name -> spec: `builder`, optional `paper`) that has results (all
+    with include_empty), every other table of the results with the generic builder, the figures,
+    and `index.md` linking them."""
     from drpo.io import write_text
 
     res = load_results(results)
     out = Path(out_dir)
     written: dict[str, dict[str, Path]] = {}
-    index = ["# Tables and figures", "", "Cells: ours (paper value); each table's `<name>.sources.csv` traces every cell.", ""]
-    # the paper's tables first, then the config's own (generic) ones
-    builders = dict(TABLE_BUILDERS)
+    specs = dict(tables or {})
     for name in dict.fromkeys(res["table"]):
-        builders.setdefault(name, lambda r, n=name: generic_table(r, n))
-    for name, build in builders.items():
+        specs.setdefault(name, {"builder": "generic"})
+    built: list[Table] = []
+    for name, spec in specs.items():
         if not include_empty and not (res["table"] == name).any():
             continue
-        t = build(res)
+        t = build_table(res, name, spec)
+        built.append(t)
         written[name] = write_table(t, out)
-        index += [markdown(t), f"Files: `{name}.csv`, `{name}.md`, `{name}.tex`, `{name}.sources.csv`", ""]
-    figures = {
-        "qwen3vl_preference_chart": preference_chart(res, out / "qwen3vl_preference.png"),
-        "hpsv3_breakdown_chart": efficiency_chart(res, out / "hpsv3_breakdown.png"),
-    }
+    paper = any(t.has_paper for t in built)
+    index = ["# Tables and figures", "",
+             ("Cells: ours (paper value); each" if paper else "Each") + " table's `<name>.sources.csv` traces every cell.", ""]
+    for t in built:
+        index += [markdown(t), f"Files: `{t.name}.csv`, `{t.name}.md`, `{t.name}.tex`, `{t.name}.sources.csv`", ""]
+    figures: dict[str, Path | None] = {}
+    for t in built:
+        builder = specs[t.name]["builder"]
+        if builder == "preference":
+            figures[f"{t.name}_chart"] = preference_chart(t, out / f"{t.name}.png")
+        elif builder == "timing":
+            figures[f"{t.name}_breakdown_chart"] = efficiency_chart(t, out / f"{t.name}_breakdown.png")
     if curves:
-        figures["training_curves"] = training_curves(curves, out / "training_curves.png", metric=curve_metric, y_key=curve_key)
+        figures["training_curves"] = training_curves(curves, out / "training_curves.png", metric=curve_metric,
+                                                     y_key=curve_key, paper=curves_paper)
     for name, path in figures.items():
         if path is not None:
             written[name] = {"png": path}
@@ -677,11 +783,20 @@ def _ci_from(summary: dict) -> tuple[float | None, float | None]:
     return None, None
 
 
-def result_from_judge_summary(summary: dict | str | os.PathLike, *, opponent: str | None = None,
-                              test_set: str | None = None) -> dict:
-    """A qwen3vl_preference results row from a `drpo judge --summary` JSON: preference_share in [0, 1]
-    (DrPO = the left method), preference_share_ci95 (or ci / ci_low+ci_high), the opponent from
-    `right_label` unless given; the test set must be given unless the file has `test_set`."""
+def preference_row(*, table: str, judged: str, opponent: str, test_set: str, share: float | None,
+                   ci: tuple[float | None, float | None] = (None, None), source: str = "") -> dict:
+    """The one record of a judge result: in table `table` (a preference table), `judged`'s (DrPO's)
+    preference share in [0, 1] against `opponent` (the table's row, the record's `method`) on
+    `test_set`, with its CI. `drpo collect` and `drpo tables --judge` both write it."""
+    return {"table": table, "method": opponent, "test_set": test_set, "metric": "preference", "value": share,
+            "ci_low": ci[0], "ci_high": ci[1], "source": source, "judged": judged}
+
+
+def result_from_judge_summary(summary: dict | str | os.PathLike, *, table: str, opponent: str | None = None,
+                              test_set: str | None = None, judged: str = "DrPO") -> dict:
+    """A preference record (`preference_row`) from a `drpo judge --summary` JSON: preference_share
+    in [0, 1] of `judged` (the left method), preference_share_ci95 (or ci / ci_low+ci_high), the
+    opponent from `right_label` unless given; the test set must be given unless the file has `test_set`."""
     import json
 
     src = "(dict)"
@@ -694,6 +809,6 @@ def result_from_judge_summary(summary: dict | str | os.PathLike, *, opponent: st
     test_set = test_set or summary.get("test_set")
     if not opponent or not test_set:
         raise ValueError(f"judge summary {src}: name the opponent and test set (OPPONENT:TEST_SET=path), the file has neither")
-    lo, hi = _ci_from(summary)
-    return {"table": "qwen3vl_preference", "method": opponent, "test_set": test_set, "metric": "preference",
-            "value": float(summary["preference_share"]), "ci_low": lo, "ci_high": hi, "source": src}
+    share = summary["preference_share"]
+    return preference_row(table=table, judged=judged, opponent=opponent, test_set=test_set,
+                          share=None if share is None else float(share), ci=_ci_from(summary), source=src)

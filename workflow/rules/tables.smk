@@ -1,28 +1,41 @@
 # The paper's tables and figures (METHOD.md §6), every cell traceable to the run behind it,
-# and a self-contained HTML report. `snakemake --report` adds the workflow's own report.
+# and a self-contained HTML report. Each table is drawn by the builder its config spec names
+# (`builder:`), beside the paper table it names (`paper:`), if any. `snakemake --report` adds
+# the workflow's own report.
 
 SCORES = expand(f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.json", test_set=TEST_SETS, model=list(MODELS), metric=METRICS)
 COMPARED = [f"{R}/scores/{ts}/{model}/{name}.json" for ts, model, name in wf.compared(config)]
-JUDGED = [f"{R}/judge/{ts}/{a}__vs__{b}.json" for ts in TEST_SETS for a, b in wf.judge_pairs(config)]
+JUDGED = [j["path"] for j in wf.judge_summaries(config)]
 TRAINED = [f"{R}/runs/{rid}/final/training_state.json" for rid in RUNS]
+
+
+# What collect gathers and how each table is drawn (builder, paper table, rows), as a file: a
+# changed spec re-runs this rule (params) and, through its output, collect and tables.
+rule collect_spec:
+    output:
+        f"{R}/collect_spec.json",
+    params:
+        spec=wf.to_json(wf.collect_spec(config)),
+    run:
+        wf.write_collect_spec(config, output[0])
 
 
 rule collect:
     input:
-        SCORES + COMPARED + JUDGED + TRAINED,
+        summaries=SCORES + COMPARED + JUDGED + TRAINED,
+        spec=rules.collect_spec.output[0],
     output:
         f"{R}/results.csv",
-    params:
-        spec=wf.to_json(wf.collect_spec(config, JUDGED)),
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo collect --spec {params.spec:q} --out {output}"
+        "drpo collect --spec {input.spec} --out {output}"
 
 
 rule tables:
     input:
         results=f"{R}/results.csv",
+        spec=rules.collect_spec.output[0],
         metrics=[f"{R}/runs/{rid}/metrics.jsonl" for rid in RUNS],
     output:
         index=report(f"{R}/tables/index.md", caption="../report/tables.rst", category="Tables"),
@@ -35,7 +48,7 @@ rule tables:
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo tables --results {input.results} --out {params.out} --curves {params.curves}"
+        "drpo tables --results {input.results} --spec {input.spec} --out {params.out} --curves {params.curves}"
 
 
 rule report_html:
