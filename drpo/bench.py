@@ -167,6 +167,26 @@ def bench_update(args) -> dict:
     return result
 
 
+def bench_timing(args) -> dict:
+    """The study's timing run (the workflow's `timing` rule, METHOD §6.3): DrPO and DRaFT from their
+    train configs, interleaved, medians and pairwise speed-up, to one JSON file for `drpo collect`."""
+    from drpo.train.config import load_train_config
+    from drpo.train.trainer import Trainer
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    cfgs = {m: load_train_config(path) for m, path in (("drpo", args.drpo), ("draft", args.draft))}
+    trainers = {m: Trainer(cfg, progress=False) for m, cfg in cfgs.items()}
+    result = _time_pair(trainers["drpo"], trainers["draft"], args.repeats, args.warmup)
+    k = cfgs["drpo"].drpo.candidates
+    result.update(benchmark="timing", effective_batch=k * cfgs["drpo"].grad_accum * trainers["drpo"].world,
+                  repeats=args.repeats, warmup=args.warmup, reward=[r.name for r in cfgs["drpo"].reward], **_machine())
+    sp = result["speedup"]
+    print(f"DRaFT {result['draft']['median_s']:.3f} s, DrPO {result['drpo']['median_s']:.3f} s per update → "
+          f"{sp['median']:.2f}× (pairs {sp['min']:.2f}–{sp['max']:.2f})", flush=True)
+    write_json(args.out, result)
+    return result
+
+
 def bench_memory(args) -> dict:
     """Peak memory of one DrPO update of SD-Turbo's full-size architecture (random weights), with and
     without gradient checkpointing. The SD-Turbo recipe (§2.3): K candidates all carry gradient
@@ -408,6 +428,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--candidates", type=int, default=None, help="K per prompt (None: 24 on CUDA, 4 on CPU)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     m.add_argument("--out", default="results/bench", help="folder for memory.json")
+    t = sub.add_parser("timing", help="the study's DrPO vs DRaFT timing from two train configs (the workflow's timing rule)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--drpo", required=True, help="DrPO's train config (drpo.workflow.timing_config)")
+    t.add_argument("--draft", required=True, help="DRaFT's train config")
+    t.add_argument("--repeats", type=int, default=3, help="timed pairs, interleaved")
+    t.add_argument("--warmup", type=int, default=1, help="untimed updates of each method first")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--out", required=True, help="the JSON file to write")
     d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts",
                        description="Time and peak memory of one drift field (forward + backward) as N, P, M, D, the radii "
                                    "and the number of batched prompt sets vary.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -416,6 +444,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    {"update": bench_update, "memory": bench_memory, "drift": bench_drift}[args.bench](args)
+    {"update": bench_update, "memory": bench_memory, "timing": bench_timing, "drift": bench_drift}[args.bench](args)
     print(f"wrote {args.out}")
     return 0

@@ -473,6 +473,32 @@ def _check_tables(config: dict, source: str) -> None:
             if missing:
                 raise ConfigError(f"{where}.rows: '{missing[0]}' is not judged against {judge.get('method', 'drpo')} "
                                   f"(evaluation.judge.against: {', '.join(against) or 'none'})")
+        if spec["builder"] == "timing":
+            timed = timing_runs(config)
+            if not timed:
+                raise ConfigError(f"{where}: builder timing needs evaluation.timing (the timed DrPO and DRaFT runs)")
+            missing = [r for r in rows if r not in timed.values()]
+            if missing:
+                raise ConfigError(f"{where}.rows: '{missing[0]}' is not a timed run (evaluation.timing.runs: {timed})")
+    timing = config.get("evaluation", {}).get("timing")
+    if timing:
+        reward = timing.get("reward")
+        if reward not in config.get("rewards", {}):
+            raise ConfigError(f"{source}: evaluation.timing.reward: '{reward}' is not in rewards ({', '.join(config.get('rewards', {}))})")
+        specs = config["rewards"][reward]
+        from drpo.rewards import REWARDS
+
+        if len(specs) != 1 or not getattr(REWARDS.get(specs[0]["name"]) and _reward_class(specs[0]["name"]), "differentiable", False):
+            raise ConfigError(f"{source}: evaluation.timing.reward: '{reward}' must be one differentiable reward "
+                              f"(DRaFT back-propagates through it), e.g. pickscore or aesthetic")
+        for method in TIMED_METHODS:
+            timing_config(config, method)  # the timed runs exist and their configs are valid
+
+
+def _reward_class(name: str):
+    from drpo.rewards import _resolve
+
+    return _resolve(name)
 
 
 def judge_summaries(config: dict) -> list[dict]:
@@ -480,6 +506,51 @@ def judge_summaries(config: dict) -> list[dict]:
     opponent (a model id) and the summary's path."""
     return [{"test_set": ts, "judged": a, "opponent": b, "path": f"{results_dir(config)}/judge/{ts}/{a}__vs__{b}.json"}
             for ts in config["evaluation"]["test_sets"] for a, b in judge_pairs(config)]
+
+
+TIMED_METHODS = ("drpo", "draft")
+
+
+def timing_runs(config: dict) -> dict[str, str]:
+    """§6.3's two timed methods → the training run each is timed as (`evaluation.timing.runs`)."""
+    timing = config.get("evaluation", {}).get("timing")
+    return {m: (timing.get("runs") or {}).get(m, m) for m in TIMED_METHODS} if timing else {}
+
+
+def timing_config(config: dict, method: str) -> dict:
+    """The train config of one timed method (METHOD §6.3): its run's own config, scored by the timing
+    reward, K candidates, effective_batch / K prompts per update in one process (a paper update
+    spread over several GPUs runs on one here: seconds are per update of the whole batch), no
+    tracking or checkpoints. DrPO: top/bottom K/2 anchors, reference drift off; DRaFT: one candidate
+    per backward."""
+    from drpo.config import to_dict
+    from drpo.train.config import train_config_from_dict
+
+    timing = config["evaluation"]["timing"]
+    run = timing_runs(config)[method]
+    rid = next((rid for rid, r in runs(config).items() if r.name == run), None)
+    if rid is None:
+        raise ConfigError(f"evaluation.timing.runs.{method}: {run!r} names no training run; runs are {sorted(config['training'].get('runs', {}))}")
+    data = train_config(config, rid)
+    k, batch = int(timing["candidates"]), int(timing["effective_batch"])
+    if batch % k:
+        raise ConfigError(f"evaluation.timing: effective_batch {batch} is not a multiple of candidates {k}")
+    data.update(method=method, steps=int(timing.get("warmup", 1)) + int(timing.get("repeats", 3)), grad_accum=batch // k,
+                prompts_per_micro_step=1, output_dir=f"{results_dir(config)}/timing/{method}",
+                reward=config["rewards"][timing["reward"]])
+    data["checkpoint"] = {**data["checkpoint"], "every": 0}
+    data["tracking"] = {**data["tracking"], "enabled": False, "sample_grid_every": 0}
+    if method == "drpo":
+        data["drpo"] = {**data["drpo"], "candidates": k, "positives": k // 2, "negatives": k // 2, "lambda_ref": 0.0}
+    else:
+        data["draft"] = {**data["draft"], "candidates": k, "chunk": 1}
+    return to_dict(train_config_from_dict(data, source=f"evaluation.timing ({method})"))
+
+
+def write_timing_config(config: dict, method: str, out: str | Path) -> None:
+    from drpo.io import write_text
+
+    write_text(out, yaml.safe_dump(timing_config(config, method), sort_keys=False))
 
 
 def collect_spec(config: dict, judged: list[dict] | None = None) -> dict:
@@ -492,6 +563,7 @@ def collect_spec(config: dict, judged: list[dict] | None = None) -> dict:
         "metrics": list(config["evaluation"]["metrics"]) + list(comparisons(config)),
         "metric_specs": config["evaluation"]["metrics"],
         "tables": tables, "judged": judge_summaries(config) if judged is None else judged,
+        "timing": {"path": f"{results_dir(config)}/timing/timing.json", "runs": timing_runs(config)} if timing_runs(config) else None,
     }
 
 

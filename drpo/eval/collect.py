@@ -129,6 +129,37 @@ def _preference_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
     return rows
 
 
+def _timing_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
+    """A `timing` table's rows (§6.3) from `drpo bench timing`'s file: per timed run, the median
+    seconds per update (CI: min and max), the backward's seconds, the effective batch, whether it
+    uses reward gradients, and each component (`time:<component>`)."""
+    timing = spec.get("timing")
+    if not timing:
+        raise ValueError(f"collect: table {table} is drawn by the timing builder but the config has no evaluation.timing")
+    path = Path(timing["path"])
+    result = _summary(path)
+    if result is None:
+        return []
+    by_run = {run: method for method, run in timing["runs"].items()}
+    rows = []
+    for name in tspec["rows"]:
+        method = by_run.get(name)
+        if method is None:
+            raise ValueError(f"collect: table {table} row {name!r} is not one of the timed runs {sorted(by_run)} (evaluation.timing.runs)")
+        ids = _rows_for(name, spec["models"])
+        label = spec["models"][ids[0]].get("label", name) if ids else name
+        m = result[method]
+
+        def row(metric, value, lo=None, hi=None):
+            return {"table": table, "method": label, "test_set": "", "metric": metric, "value": value,
+                    "ci_low": lo, "ci_high": hi, "source": str(path)}
+
+        rows += [row("update_s", m["median_s"], m["min_s"], m["max_s"]), row("backward_s", m["components"].get("backward", 0.0)),
+                 row("effective_batch", result["effective_batch"]), row("reward_grad", 1.0 if method == "draft" else 0.0)]
+        rows += [row(f"time:{k}", v) for k, v in sorted(m["components"].items())]
+    return rows
+
+
 def collect(spec: dict) -> pd.DataFrame:
     from drpo.eval.tables import RESULT_COLUMNS
 
@@ -136,6 +167,8 @@ def collect(spec: dict) -> pd.DataFrame:
     for table, tspec in spec.get("tables", {}).items():
         if tspec.get("builder") == "preference":
             rows += _preference_rows(table, tspec, spec)
+        elif tspec.get("builder") == "timing":
+            rows += _timing_rows(table, tspec, spec)
         else:
             rows += _metric_rows(table, tspec, spec)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)

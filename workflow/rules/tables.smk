@@ -22,7 +22,7 @@ rule collect_spec:
 
 rule collect:
     input:
-        summaries=SCORES + COMPARED + JUDGED + TRAINED,
+        summaries=SCORES + COMPARED + JUDGED + TRAINED + ([TIMING] if TIMING else []),
         spec=rules.collect_spec.output[0],
     output:
         f"{R}/results.csv",

@@ -3,16 +3,26 @@
 
 
 def train_inputs(wildcards):
-    run = RUNS[wildcards.run]
+    return run_inputs(wildcards.run)
+
+
+def timed_inputs(wildcards):
+    """What the timed runs' jobs need besides their config (models, prompts, rewards), flat."""
+    ids = [rid for rid, r in RUNS.items() if r.name in wf.timing_runs(config).values()]
+    return [f for rid in ids for k, v in run_inputs(rid).items() if k != "cfg" for f in (v if isinstance(v, list) else [v])]
+
+
+def run_inputs(run_id):
+    run = RUNS[run_id]
     spec = run.spec
-    out = {"cfg": f"{R}/runs/{wildcards.run}/train.yaml", "model": model_inputs(spec["model"])}
+    out = {"cfg": f"{R}/runs/{run_id}/train.yaml", "model": model_inputs(spec["model"])}
     if "prompts" in spec:
         out["prompts"] = wf.prompt_path(config, spec["prompts"])
     if "reward" in spec:
         out["reward"] = reward_inputs(config["rewards"][spec["reward"]])
     if spec["method"] == "drpo_offline":
         out["dataset"] = wf.dataset_path(config, spec["dataset"])
-    feature_model = wf.train_config(config, wildcards.run).get("features", {}).get("options", {}).get("path", "")
+    feature_model = wf.train_config(config, run_id).get("features", {}).get("options", {}).get("path", "")
     if feature_model.startswith(R):  # a feature map the workflow builds (the world's CLIP)
         out["features"] = f"{feature_model}/config.json"
     return out
@@ -48,3 +58,42 @@ rule train:
     shell:
         job("train", run="{wildcards.run}") + "{params.launch} train --config {input.cfg} --resume --no-progress "
         "--threads {threads} > {log} 2>&1"
+
+
+# §6.3's timing run: DrPO and DRaFT from their runs' configs, re-pointed at evaluation.timing's
+# reward, candidates and effective batch, timed interleaved in one job (drpo bench timing).
+TIMING = f"{R}/timing/timing.json" if wf.timing_runs(config) else None
+
+
+rule timing_config:
+    output:
+        f"{R}/timing/{{method}}.yaml",
+    wildcard_constraints:
+        method="drpo|draft",
+    params:
+        cfg=lambda w: wf.timing_config(config, w.method),
+    run:
+        wf.write_timing_config(config, wildcards.method, output[0])
+
+
+rule timing:
+    input:
+        drpo=f"{R}/timing/drpo.yaml",
+        draft=f"{R}/timing/draft.yaml",
+        needs=timed_inputs,
+    output:
+        f"{R}/timing/timing.json",
+    params:
+        repeats=config["evaluation"].get("timing", {}).get("repeats", 3),
+        warmup=config["evaluation"].get("timing", {}).get("warmup", 1),
+    threads: THREADS
+    resources:
+        gpu=1 if wf.uses_gpu(config) else 0,
+        gpus=1 if wf.uses_gpu(config) else 0,
+    log:
+        f"{R}/logs/timing.log",
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        job("timing") + "drpo bench timing --drpo {input.drpo} --draft {input.draft} --repeats {params.repeats} "
+        "--warmup {params.warmup} --threads {threads} --out {output} > {log} 2>&1"
