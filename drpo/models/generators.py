@@ -114,11 +114,11 @@ class OneStepGenerator:
         pipe.to(self.device)  # weights already carry `dtype` (from_pretrained's dtype)
         if self.vae_dtype != dtype:
             self.vae.to(dtype=self.vae_dtype)
-        # decode a batch one image at a time (same numbers): DRaFT, VGGFlow and pixel feature maps decode
-        # K candidates with gradient, whose activations would otherwise all be held at once
-        self.vae.use_slicing = True
+        # METHOD.md §2.1: SDXL decodes with slicing and tiling (tiles only start above the VAE's sample
+        # size); SD-Turbo slices only decodes with gradient (see decode)
+        self.always_slice = family == "sdxl-turbo"
+        self.vae.use_slicing = self.always_slice
         if family == "sdxl-turbo":
-            # METHOD.md §2.1: SDXL also decodes with tiling (tiles only start above the VAE's sample size)
             self.vae.use_tiling = True
         self._reference_depth = 0  # reference_mode nests: only the outermost exit re-enables adapters
         self._lora_dropouts: list[torch.nn.Module] = []  # active only while gradients are on
@@ -263,7 +263,12 @@ class OneStepGenerator:
 
     # -- pixels ---------------------------------------------------------------------------------
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents → images in [-1, 1] (differentiable)."""
+        """Latents → images in [-1, 1] (differentiable).
+
+        With gradient (DRaFT, VGGFlow, pixel feature maps) the batch is decoded one image at a time
+        (same numbers), so the activations of K images are never held at once; without gradient
+        (rewards, sampling) it decodes whole, which is faster."""
+        self.vae.use_slicing = self.always_slice or torch.is_grad_enabled()
         x = latents.to(self.vae_dtype) / self.vae_scaling_factor
         return self.vae.decode(x).sample.clamp(-1, 1)
 

@@ -303,7 +303,7 @@ class Trainer:
             if not skipped:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        if not all(torch.isfinite(p).all() for p in self.params):
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all()):  # one sync, not one per tensor
             self._diverged(step, "the update made LoRA weights non-finite")
         if skipped:
             log.warning("update %d: inf/NaN gradient at fp16 loss scale %g; step skipped, scale now %g",
