@@ -62,39 +62,43 @@ def _geneval_rows(scores: Path) -> dict[str, float]:
     return out
 
 
+def _row_test_sets(tspec: dict, spec: dict):
+    """(model ids, label, test set) for every row of a table that names a model, on each of its test sets."""
+    for name in tspec["rows"]:
+        ids = _rows_for(name, spec["models"])
+        if ids:
+            for ts in tspec.get("test_sets") or spec["test_sets"]:
+                yield ids, spec["models"][ids[0]].get("label", name), ts
+
+
 def _metric_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
-    results, models = spec["results"], spec["models"]
+    results = spec["results"]
     metric_specs = spec.get("metric_specs", {})
     rows = []
-    for name in tspec["rows"]:
-        ids = _rows_for(name, models)
-        if not ids:
-            continue
-        label = models[ids[0]].get("label", name)
-        for ts in tspec.get("test_sets") or spec["test_sets"]:
-            for metric in tspec.get("metrics") or spec["metrics"]:
-                per_seed = []
-                for mid in ids:
-                    path = Path(results) / "scores" / ts / mid / f"{metric}.json"
-                    s = _summary(path)
-                    if s is None:
-                        continue
-                    per_seed.append((s, path))
-                if not per_seed:
+    for ids, label, ts in _row_test_sets(tspec, spec):
+        for metric in tspec.get("metrics") or spec["metrics"]:
+            per_seed = []
+            for mid in ids:
+                path = Path(results) / "scores" / ts / mid / f"{metric}.json"
+                s = _summary(path)
+                if s is None:
                     continue
-                value, lo, hi = _over_seeds([(s["mean"], (s.get("ci_low"), s.get("ci_high"))) for s, _ in per_seed])
-                rows.append({"table": table, "method": label, "test_set": ts, "metric": metric,
-                             "value": value, "ci_low": lo, "ci_high": hi,
-                             "source": ";".join(str(p) for _, p in per_seed)})
-                if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
-                    tags: dict[str, list[float]] = {}
-                    for _, path in per_seed:
-                        for k, v in _geneval_rows(path.with_suffix(".parquet")).items():
-                            tags.setdefault(k, []).append(v)
-                    for k, v in tags.items():
-                        rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
-                                     "value": sum(v) / len(v), "ci_low": None, "ci_high": None,
-                                     "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
+                per_seed.append((s, path))
+            if not per_seed:
+                continue
+            value, lo, hi = _over_seeds([(s["mean"], (s.get("ci_low"), s.get("ci_high"))) for s, _ in per_seed])
+            rows.append({"table": table, "method": label, "test_set": ts, "metric": metric,
+                         "value": value, "ci_low": lo, "ci_high": hi,
+                         "source": ";".join(str(p) for _, p in per_seed)})
+            if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
+                tags: dict[str, list[float]] = {}
+                for _, path in per_seed:
+                    for k, v in _geneval_rows(path.with_suffix(".parquet")).items():
+                        tags.setdefault(k, []).append(v)
+                for k, v in tags.items():
+                    rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
+                                 "value": sum(v) / len(v), "ci_low": None, "ci_high": None,
+                                 "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
     return rows
 
 
@@ -104,28 +108,23 @@ def _preference_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
 
     models = spec["models"]
     rows = []
-    for name in tspec["rows"]:
-        ids = _rows_for(name, models)
-        if not ids:
-            continue
-        label = models[ids[0]].get("label", name)
-        for ts in tspec.get("test_sets") or spec["test_sets"]:
-            per_seed, judged = [], set()
-            for j in spec.get("judged", []):
-                if j["test_set"] != ts or j["opponent"] not in ids:
-                    continue
-                s = _summary(Path(j["path"]))
-                if s is None:
-                    continue
-                per_seed.append((s, j["path"]))
-                judged.add(models.get(j["judged"], {}).get("label", j["judged"]))
-            if not per_seed:
+    for ids, label, ts in _row_test_sets(tspec, spec):
+        per_seed, judged = [], set()
+        for j in spec.get("judged", []):
+            if j["test_set"] != ts or j["opponent"] not in ids:
                 continue
-            if len(judged) > 1:
-                raise ValueError(f"collect: table {table} row {name} on {ts}: judge summaries of several judged models {sorted(judged)}")
-            value, lo, hi = _over_seeds([(s.get("preference_share"), s.get("preference_share_ci95")) for s, _ in per_seed])
-            rows.append(preference_row(table=table, judged=judged.pop(), opponent=label, test_set=ts, share=value,
-                                       ci=(lo, hi), source=";".join(str(p) for _, p in per_seed)))
+            s = _summary(Path(j["path"]))
+            if s is None:
+                continue
+            per_seed.append((s, j["path"]))
+            judged.add(models.get(j["judged"], {}).get("label", j["judged"]))
+        if not per_seed:
+            continue
+        if len(judged) > 1:
+            raise ValueError(f"collect: table {table} row {label} on {ts}: judge summaries of several judged models {sorted(judged)}")
+        value, lo, hi = _over_seeds([(s.get("preference_share"), s.get("preference_share_ci95")) for s, _ in per_seed])
+        rows.append(preference_row(table=table, judged=judged.pop(), opponent=label, test_set=ts, share=value,
+                                   ci=(lo, hi), source=";".join(str(p) for _, p in per_seed)))
     return rows
 
 
