@@ -59,7 +59,9 @@ def job(rule, **wildcards):
     """Prefix that runs a command as an MLflow child run of this workflow invocation, on the
     GPUs the rule asks for (`resources: gpus`) when Snakemake runs it on a workstation."""
     wc = " ".join(f"{k}={v}" for k, v in wildcards.items())
-    return f"drpo job --rule {rule} --wildcards '{wc}' --config-hash {CONFIG_HASH} --gpus {{resources.gpus}} -- "
+    # the config hash reaches the job through $DRPO_CONFIG_HASH (set in onstart), not its command:
+    # Snakemake re-runs a job whose command changed, and every config edit changes the hash
+    return f"drpo job --rule {rule} --wildcards '{wc}' --gpus {{resources.gpus}} -- "
 
 
 include: "workflow/rules/common.smk"

@@ -119,7 +119,8 @@ def run_job(command: list[str], rule: str, wildcards: dict[str, str], config_has
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rule", required=True, help="the Snakemake rule this job belongs to")
     parser.add_argument("--wildcards", default="", help="the job's wildcards as 'KEY=VALUE KEY=VALUE'")
-    parser.add_argument("--config-hash", default="", help="hash of the workflow config")
+    parser.add_argument("--config-hash", default=os.environ.get("DRPO_CONFIG_HASH", ""),
+                        help="hash of the workflow config (default: $DRPO_CONFIG_HASH, which the Snakefile sets)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs this job needs (workstations: each job gets its own)")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to run")
 

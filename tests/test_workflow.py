@@ -195,3 +195,24 @@ def test_dry_run_of_the_paper_configs_needs_no_weights(name):
     # FID against the base (the SD-Turbo study): every other model on every test set
     fid = (models - 1) * len(config["evaluation"]["test_sets"]) if "fid" in config["evaluation"] else 0
     assert counts.get("compare", 0) == fid and (fid > 0) == (name == "sd-turbo")
+
+
+def test_a_table_edit_changes_no_command_but_the_tables_chain(tmp_path):
+    """Snakemake re-runs a job whose command or params changed: a table edit must touch only the
+    collect → tables → report chain (no config hash in any command)."""
+    def commands(config_file: Path) -> set[str]:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--verbose", "--configfile", str(config_file),
+                               "--config", f"results={tmp_path / 'results'}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        prefix = "Shell command: "
+        return {line[len(prefix):] for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(prefix + "drpo ")}
+
+    edited = default_config()
+    edited["tables"]["main"]["rows"] = ["base", "drpo"]
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    before, after = commands(DEFAULT), commands(tmp_path / "edited.yaml")
+    assert len(before) > 40 and not any(wf.config_digest(wf.validate_config(default_config())) in c for c in before)
+    rule = lambda c: c.split()[3] if c.startswith("drpo job") else c.split()[1]  # noqa: E731  drpo job --rule R / drpo CMD
+    assert {rule(c) for c in before} >= {"train", "sample", "score", "judge", "collect", "tables", "report"}
+    assert {rule(c) for c in before ^ after} <= {"collect", "tables", "report"}, sorted(before ^ after)[:4]

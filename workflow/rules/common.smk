@@ -7,6 +7,7 @@ onstart:
 
     os.environ["DRPO_MLFLOW_URI"] = config["tracking"]["uri"]
     os.environ["DRPO_MLFLOW_EXPERIMENT"] = config["experiment"]
+    os.environ["DRPO_CONFIG_HASH"] = CONFIG_HASH  # jobs tag their MLflow runs with it (drpo job)
     os.environ["DRPO_MLFLOW_PARENT_RUN_ID"] = start_workflow_run(
         config["tracking"]["uri"], config["experiment"], CONFIG_HASH, run_name=f"workflow-{CONFIG_HASH}"
     ) or ""
