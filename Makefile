@@ -7,7 +7,7 @@ setup:
 	@bash envs/install.sh
 
 run: setup  ## set up, then rebuild every table of the embedded default config
-	snakemake --cores all
+	DRPO_PRELOAD=1 snakemake --cores all
 
 test: setup  ## set up, then run the whole test suite
 	python -m pytest

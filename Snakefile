@@ -42,8 +42,6 @@ R = wf.results_dir(config)
 RUNS = wf.runs(config)
 MODELS = wf.eval_models(config)
 TEST_SETS = config["evaluation"]["test_sets"]
-METRICS = list(config["evaluation"]["metrics"])
-COMPARISONS = wf.comparisons(config)  # fid / distance against a reference model's samples
 CONFIG_HASH = wf.config_digest(config)
 THREADS = config["threads"]
 
@@ -51,7 +49,6 @@ wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
     model="|".join(map(re.escape, MODELS)),
     test_set="|".join(map(re.escape, TEST_SETS)),
-    metric="|".join(map(re.escape, METRICS)) if METRICS else "NONE",
     prompt_set="[A-Za-z0-9_.-]+",
 
 
@@ -70,6 +67,7 @@ include: "workflow/rules/world.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/twins.smk"  # tiny twins of every model, only for a config with `twins:` (config/test/)
 
 
 rule all:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from drpo import __version__
@@ -26,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("drpo.world.cli", "the synthetic shapes world: GenEval-format prompts, rendered pictures"),
     "fetch": ("drpo.fetch", "list every model, weight file and dataset a config needs (sizes, present/missing) and download the missing ones"),
     "judge": ("drpo.eval.judge_cli", "pairwise preference of two sample sets by a Qwen3-VL / OpenAI-compatible / world judge (resumable)"),
+    "preload": ("drpo.preload", "a warm interpreter for the workflow's jobs on one machine (DRPO_PRELOAD=1 snakemake ...)"),
+    "twins": ("drpo.models.twins", "tiny random-weight twins of every model a config names (the test studies, config/test/*.yaml)"),
 }
 
 
@@ -45,6 +48,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["preload"] and os.environ.get("DRPO_PRELOAD_SOCKET"):
+        from drpo import preload  # a warm server of this workflow run is announced: use it
+
+        code = None if preload.IN_CHILD else preload.try_run(argv)
+        if code is not None:
+            return code
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
@@ -56,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as err:
         # User errors (bad config, missing file/model) get one clear line, not a traceback.
-        if "DRPO_DEBUG" in __import__("os").environ:
+        if "DRPO_DEBUG" in os.environ:
             raise
         print(f"drpo {args.command}: error: {err}", file=sys.stderr)
         return 2

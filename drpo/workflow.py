@@ -106,6 +106,11 @@ def _check_references(config: dict, source: str) -> None:
     for name, base in evaluation.get("base_models", {}).items():
         if base["model"] not in models:
             raise ConfigError(f"{source}: evaluation.base_models.{name}.model: '{base['model']}' is not in models")
+    for name, metric in evaluation.get("metrics", {}).items():
+        unknown = [ts for ts in metric.get("test_sets") or [] if ts not in evaluation["test_sets"]]
+        if unknown:
+            raise ConfigError(f"{source}: evaluation.metrics.{name}.test_sets: '{unknown[0]}' is not in evaluation.test_sets "
+                              f"({', '.join(evaluation['test_sets'])})")
     for name in COMPARISONS:
         spec = evaluation.get(name)
         if not spec:
@@ -289,8 +294,8 @@ def model_marker(config: dict, model_name: str) -> str | None:
     return None
 
 
-# evaluation blocks that score a model against a reference model's samples: name -> `drpo score` flag
-COMPARISONS = {"fid": "--fid-ref", "distance": "--distance-ref"}
+# evaluation blocks that score a model against a reference model's samples
+COMPARISONS = ("fid", "distance")
 
 
 def _extractor(spec: dict) -> tuple[str, dict]:
@@ -304,15 +309,14 @@ def _extractor(spec: dict) -> tuple[str, dict]:
 
 def comparisons(config: dict) -> dict[str, dict]:
     """The configured reference comparisons (`evaluation.fid`, `evaluation.distance`) by metric name:
-    the `drpo score` flag that takes the reference's manifest, and the extractor's options and arguments."""
+    the reference model, the feature extractor and its options."""
     out = {}
-    for name, flag in COMPARISONS.items():
+    for name in COMPARISONS:
         spec = config["evaluation"].get(name)
         if not spec:
             continue
         extractor, options = _extractor(spec)
-        args = f"--extractor {extractor} --extractor-options {shlex.quote(to_json(options))}"
-        out[name] = {"reference": spec["reference"], "flag": flag, "args": args, "options": options}
+        out[name] = {"reference": spec["reference"], "extractor": extractor, "options": options}
     return out
 
 
@@ -333,6 +337,45 @@ def compared(config: dict) -> list[tuple[str, str, str]]:
     models, seeds = eval_models(config), config["training"]["seeds"]
     return [(ts, model, name) for name in comparisons(config) for ts in config["evaluation"]["test_sets"]
             for model in models if _reference_of(config["evaluation"][name]["reference"], model, models, seeds)]
+
+
+def metric_test_sets(config: dict, metric: str) -> list[str]:
+    """The test sets a metric scores: its own `test_sets`, else every test set of the evaluation."""
+    return list(config["evaluation"]["metrics"][metric].get("test_sets") or config["evaluation"]["test_sets"])
+
+
+def score_summary_path(config: dict, test_set: str, model: str, metric: str) -> str:
+    return f"{results_dir(config)}/scores/{test_set}/{model}/{metric}.json"
+
+
+def score_plan(config: dict, model: str) -> list[dict]:
+    """Everything one model's `score` job computes (`drpo score --plan`): each metric on each of its
+    test sets, and each reference comparison (FID, distance) the model is not the reference of."""
+    models, seeds = eval_models(config), config["training"]["seeds"]
+    samples = f"{results_dir(config)}/samples"
+    tasks = []
+    for metric, spec in config["evaluation"]["metrics"].items():
+        for ts in metric_test_sets(config, metric):
+            summary = score_summary_path(config, ts, model, metric)
+            tasks.append({"metric": metric, "test_set": ts, "manifest": f"{samples}/{ts}/{model}/manifest.jsonl",
+                          "reward": {"name": spec["name"], "options": spec.get("options", {})},
+                          "scores": summary[:-len(".json")] + ".parquet", "summary": summary})
+    for name, spec in comparisons(config).items():
+        reference = _reference_of(spec["reference"], model, models, seeds)
+        if reference is None:
+            continue
+        for ts in config["evaluation"]["test_sets"]:
+            tasks.append({"metric": name, "test_set": ts, "manifest": f"{samples}/{ts}/{model}/manifest.jsonl",
+                          "comparison": name, "reference": f"{samples}/{ts}/{reference}/manifest.jsonl",
+                          "extractor": spec["extractor"], "extractor_options": spec["options"],
+                          "summary": score_summary_path(config, ts, model, name)})
+    return tasks
+
+
+def write_score_plan(config: dict, model: str, out: str | Path) -> Path:
+    from drpo.io import write_json
+
+    return write_json(out, {"model": model, "tasks": score_plan(config, model)})
 
 
 def config_digest(config: dict) -> str:

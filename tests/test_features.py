@@ -516,3 +516,30 @@ def test_pool_flat_falls_back_to_the_global_average_for_small_maps():
     small = torch.randn(2, 3, 3, 3)
     assert torch.allclose(_pool_flat(small, 4), small.mean(dim=(2, 3)).unsqueeze(1))
     assert _pool_flat(torch.randn(2, 3, 8, 8), 4).shape == (2, 1, 12)
+
+
+def test_teacher_unet_features_under_the_generators_gradient_checkpointing():
+    """The SDXL recipe trains with gradient checkpointing on the UNet the teacher borrows: backward
+    must not recompute the teacher's blocks with the adapter back on (it used to fail with
+    torch's CheckpointError); its gradient is the one without checkpointing."""
+    from peft import LoraConfig
+
+    unet = _tiny_unet()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    fm = build_feature_map("teacher_unet", unet=unet, blocks=BLOCKS, disable_adapter=_adapters_off(unet))
+    cond = {"encoder_hidden_states": torch.randn(1, 5, 16)}
+    x0 = torch.randn(2, 4, 16, 16)
+    grads = []
+    for checkpointing in (False, True):
+        unet.train()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        x = x0.clone().requires_grad_(True)
+        _sum(fm(x, cond=cond, generator=torch.Generator().manual_seed(3))).backward()
+        grads.append(x.grad)
+    assert unet.is_gradient_checkpointing  # given back to the generator as it was
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0

@@ -19,6 +19,7 @@ from drpo.eval.fid import (
     InceptionExtractor,
     RandomConvExtractor,
     fid_between,
+    feature_stats,
     fid_from_features,
     frechet_distance,
     manifest_features,
@@ -156,6 +157,19 @@ def test_score_manifest_missing_image_names_it(tmp_path):
 
 
 # -- FID -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [5, 40])  # fewer images than dimensions (the low-rank route), and more
+def test_fid_routes_equal_scipy_sqrtm_of_the_product(n):
+    """The eigen and nuclear-norm routes compute what clean-fid computes with scipy.linalg.sqrtm."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=(n, 24)), rng.normal(0.3, 1.5, size=(n + 3, 24)) @ rng.normal(size=(24, 24))
+    (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
+    reference = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2))))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-7)
+    assert fid_from_features(a, b) == pytest.approx(reference, rel=1e-7)
 
 
 def test_frechet_distance_matches_closed_forms():

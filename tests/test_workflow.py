@@ -95,14 +95,19 @@ def test_reference_comparisons_pair_each_model_with_its_reference():
     assert ("world_test", "base", "distance") not in compared
     assert {m for _, m, _ in compared} == set(wf.runs(config))
     assert wf.reference_model(config, "distance", "drpo-s42") == "base"
-    args = wf.comparisons(config)["distance"]["args"]
-    assert args.startswith("--extractor clip --extractor-options ") and "results/world/reward_model" in args
+    distance = wf.comparisons(config)["distance"]
+    assert distance["extractor"] == "clip" and distance["options"]["path"].startswith("results/world/reward_model")
+    # the score plan of a model holds its comparisons against the reference's samples; the base's has none
+    tasks = [t for t in wf.score_plan(config, "drpo-s42") if "comparison" in t]
+    assert [(t["test_set"], t["comparison"]) for t in tasks] == [("world_test", "distance")]
+    assert tasks[0]["reference"] == "results/samples/world_test/base/manifest.jsonl"
+    assert not [t for t in wf.score_plan(config, "base") if "comparison" in t]
     # a trained run as the reference: matched seed by seed, and never compared with itself
     config["training"]["seeds"] = [42, 43]
     config["evaluation"]["fid"] = {"reference": "drpo-noref", "inception": "models/inception.pt"}
     assert wf.reference_model(config, "fid", "drpo-s43") == "drpo-noref-s43"
     assert wf.reference_model(config, "fid", "drpo-noref-s43") is None
-    assert '"path": "models/inception.pt"' in wf.comparisons(config)["fid"]["args"]
+    assert wf.comparisons(config)["fid"]["options"] == {"path": "models/inception.pt"}
     assert wf.collect_spec(config, [])["metrics"][-2:] == ["fid", "distance"]
     bad = copy.deepcopy(default_config())
     bad["evaluation"]["distance"]["reference"] = "sd15"
@@ -138,11 +143,10 @@ def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
     n_runs = len(wf.runs(config))
     n_models = n_runs + len(config["evaluation"]["base_models"])
     assert counts["train"] == n_runs
-    assert counts["sample"] == n_models
-    assert counts["score"] == n_models * len(config["evaluation"]["metrics"])
+    # one sample and one score job per model (every test set, every metric and comparison)
+    assert counts["sample"] == counts["score"] == counts["score_plan"] == n_models
     assert counts["judge"] == len(config["evaluation"]["judge"]["against"])
-    # every model's distance to the base on every test set, but the base's own
-    assert counts["compare"] == (n_models - 1) * len(config["evaluation"]["test_sets"])
+    assert "compare" not in counts
     assert counts["world_base"] == 1 and counts["tables"] == 1 and counts["report_html"] == 1
     # each configured table is a target of its own
     one = _job_counts(_dry_run("results/tables/geneval.tex"))
@@ -191,10 +195,13 @@ def test_dry_run_of_the_paper_configs_needs_no_weights(name):
     assert "world_base" not in counts  # a --configfile replaces the embedded default, it is not merged into it
     assert counts["train"] == len(wf.runs(config))
     models = len(wf.runs(config)) + len(config["evaluation"]["base_models"])
-    assert counts["sample"] == models * len(config["evaluation"]["test_sets"])
-    # FID against the base (the SD-Turbo study): every other model on every test set
-    fid = (models - 1) * len(config["evaluation"]["test_sets"]) if "fid" in config["evaluation"] else 0
-    assert counts.get("compare", 0) == fid and (fid > 0) == (name == "sd-turbo")
+    assert counts["sample"] == counts["score"] == models
+    # FID against the base (the SD-Turbo study): every other model on every test set, in its score job
+    fid = [t for m in wf.eval_models(config) for t in wf.score_plan(config, m) if t.get("comparison") == "fid"]
+    assert len(fid) == ((models - 1) * len(config["evaluation"]["test_sets"]) if name == "sd-turbo" else 0)
+    # GenEval's detector scores GenEval's test set only
+    geneval = {t["test_set"] for t in wf.score_plan(config, "base") if t["metric"] == "geneval"}
+    assert geneval == ({"geneval_test"} if name == "sd-turbo" else set())
 
 
 def test_a_table_edit_changes_no_command_but_the_tables_chain(tmp_path):
@@ -216,3 +223,17 @@ def test_a_table_edit_changes_no_command_but_the_tables_chain(tmp_path):
     rule = lambda c: c.split()[3] if c.startswith("drpo job") else c.split()[1]  # noqa: E731  drpo job --rule R / drpo CMD
     assert {rule(c) for c in before} >= {"train", "sample", "score", "judge", "collect", "tables", "report"}
     assert {rule(c) for c in before ^ after} <= {"collect", "tables", "report"}, sorted(before ^ after)[:4]
+
+
+def test_a_metric_with_test_sets_scores_only_those():
+    config = copy.deepcopy(default_config())
+    config["prompt_sets"]["world_val"] = dict(config["prompt_sets"]["world_test"])
+    config["evaluation"]["test_sets"] = ["world_test", "world_val"]
+    config["evaluation"]["metrics"]["geneval"]["test_sets"] = ["world_val"]
+    config = wf.validate_config(config)
+    plan = {(t["metric"], t["test_set"]) for t in wf.score_plan(config, "base")}
+    assert plan == {("geneval", "world_val"), ("pickscore", "world_test"), ("pickscore", "world_val")}
+    assert wf.metric_test_sets(config, "pickscore") == ["world_test", "world_val"]
+    config["evaluation"]["metrics"]["geneval"]["test_sets"] = ["world_tset"]
+    with pytest.raises(ConfigError, match=r"evaluation\.metrics\.geneval\.test_sets: 'world_tset' is not in evaluation\.test_sets"):
+        wf.validate_config(config)

@@ -6,7 +6,7 @@ InceptionV3 TorchScript file `inception-2015-12-05.pt` through `cleanfid.incepti
 InceptionV3W` (2048-d pool features). `cleanfid.fid`, `cleanfid.features` and `cleanfid.utils`
 import torchvision at import time and torchvision is not installed (it breaks the CPU torch pin),
 so only those two torchvision-free modules are used; feature statistics and the Fréchet distance are
-computed here (`frechet_distance`, scipy.linalg.sqrtm), the same formula clean-fid uses. The
+computed here (`frechet_distance`), the same quantity clean-fid computes with scipy.linalg.sqrtm. The
 Inception file is never downloaded: `InceptionExtractor(path)` names it and how to fetch it.
 
 Any callable `images uint8 (N,3,H,W) -> (N, D)` with a `name` is a `FeatureExtractor`. Built in:
@@ -236,30 +236,42 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
-    """‖μ1−μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½), the Fréchet distance of two Gaussians.
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr((Σ1Σ2)^½) for PSD Σ1, Σ2: the eigenvalues of Σ1Σ2 are those of the symmetric Σ1^½ Σ2 Σ1^½,
+    so two symmetric eigendecompositions replace scipy's Schur sqrtm of the product (the same value,
+    about 20× faster at D = 2048; round-off negatives are clipped to 0)."""
+    w, v = np.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root @ s2 @ root)
+    return float(np.sqrt(np.clip(inner, 0.0, None)).sum())
 
-    sqrtm of the (non-symmetric) product; if it is singular the diagonals get `eps` added (the
-    usual fix for rank-deficient covariances from fewer images than dimensions); the imaginary part
-    from round-off is dropped.
-    """
-    from scipy import linalg
 
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """‖μ1−μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½), the Fréchet distance of two Gaussians (the quantity
+    clean-fid computes with scipy.linalg.sqrtm)."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"frechet_distance: shape mismatch mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = np.real(covmean)
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2))
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    return frechet_distance(*feature_stats(a), *feature_stats(b))
+    """FID of two feature sets. With fewer images than dimensions the covariances have low rank, and
+    Tr((Σ1Σ2)^½) is exactly the nuclear norm of A·Bᵀ / √((N1−1)(N2−1)) for the centred features A, B
+    (the nonzero eigenvalues of Σ1Σ2 are the squared singular values of A·Bᵀ): an N1 × N2 SVD instead
+    of D × D work."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"fid_from_features: need features (N ≥ 2, D) of one size, got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) >= a.shape[1]:
+        return frechet_distance(*feature_stats(a), *feature_stats(b))
+    ca, cb = a - a.mean(axis=0), b - b.mean(axis=0)
+    scale = (len(a) - 1) * (len(b) - 1)
+    cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(scale)
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    return float(diff @ diff + (ca * ca).sum() / (len(a) - 1) + (cb * cb).sum() / (len(b) - 1) - 2.0 * cross)
 
 
 def fid_between(

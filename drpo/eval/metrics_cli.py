@@ -6,6 +6,10 @@
     drpo score --manifest M --diversity --extractor clip --extractor-options '{"path": "..."}' --summary s.json
     drpo score --geneval-results results.jsonl --summary s.json         # GenEval's own evaluator output
     drpo score --manifest M --world-geneval --summary s.json             # the shapes world's checker
+    drpo score --plan results/scores/_plans/drpo-s42.json                # every metric of one model (the workflow)
+
+A plan (`drpo.workflow.score_plan`, written by the workflow) lists one model's tasks: each metric on
+each of its test sets and each reference comparison; every reward and extractor is loaded once.
 
 Reward scores are resumable (see `drpo.eval.metrics.score_manifest`); summaries hold raw values,
 the bootstrap CI, the display-unit values and what was scored (manifest sha256, sampler settings).
@@ -21,6 +25,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="manifest.jsonl written by `drpo sample`")
     mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--plan", help="a score plan JSON (the workflow writes <results>/scores/_plans/<model>.json): "
+                                     "every metric and comparison of one model, each model loaded once")
     mode.add_argument("--reward", help="any drpo reward name (pickscore, aesthetic, imagereward, hpsv2, clip, world_checker, ...)")
     mode.add_argument("--fid-ref", help="FID of --manifest against this manifest (e.g. the base model's samples)")
     mode.add_argument("--diversity", action="store_true", help="mean pairwise cosine distance of image features")
@@ -34,11 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extractor-options", default="{}", help="extractor options as JSON (inception/clip/dinov2 need path)")
     parser.add_argument("--out", help="per-image score parquet (--reward; default <manifest folder>/scores.parquet)")
     parser.add_argument("--summary", help="summary JSON to write (printed either way)")
+    parser.add_argument("--done", help="with --plan: JSON listing every summary written, written last (the workflow's output)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--no-cache", action="store_true", help="do not cache features next to the manifests")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -63,17 +71,103 @@ def _provenance(manifest: str) -> dict:
     return out
 
 
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reward_summary(manifest: str, reward, spec: dict, out: str | Path, metric: str, *, batch_size: int = 32,
+                   bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """Score a manifest with a reward (per-image scores in `out`, resumable) and summarise it."""
+    from drpo.eval import metrics as M
+
+    out = Path(out)
+    df = M.score_manifest(manifest, reward, out, batch_size, metric=metric, progress=progress)
+    summary = {"kind": "reward", "reward": spec, "scores": str(out.resolve()), **_provenance(manifest),
+               **M.summarize_scores(df, n_boot=bootstrap, seed=seed)}
+    if df["tag"].notna().all() and set(df["score"].unique()) <= {0.0, 1.0}:
+        summary["geneval"] = M.geneval_summary(M.correctness_from_scores(df))
+    return summary
+
+
+def comparison_summary(kind: str, manifest: str, reference: str, extractor, *, batch_size: int = 32, cache: bool = True) -> dict:
+    """FID (`kind` fid) or the paired feature distance (`distance`) of a manifest against a reference's."""
+    if kind == "fid":
+        from drpo.eval.fid import fid_between
+
+        value = fid_between(manifest, reference, extractor, batch_size=batch_size, cache=cache)
+        return {"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
+                "reference": _provenance(reference), **_provenance(manifest)}
+    from drpo.eval.fid import paired_distance
+
+    d = paired_distance(manifest, reference, extractor, batch_size=batch_size, cache=cache)
+    return {"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
+            "reference": _provenance(reference), **_provenance(manifest)}
+
+
+def run_plan(path: str, *, device: str = "cpu", batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
+             progress: bool = True, cache: bool = True) -> list[str]:
+    """Every task of a score plan; each reward (by metric) and extractor is built once. Returns the
+    summaries written."""
+    from drpo.io import write_json
+    from drpo.rewards import build_reward
+
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--plan {path}: no such file (the workflow writes <results>/scores/_plans/<model>.json)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--plan {path}: not JSON ({err})") from None
+    rewards: dict[str, object] = {}
+    extractors: dict[str, object] = {}
+    written = []
+    try:
+        for task in plan["tasks"]:
+            if "comparison" in task:
+                from drpo.eval.fid import build_extractor
+
+                key = json.dumps([task["extractor"], task["extractor_options"]], sort_keys=True)
+                if key not in extractors:
+                    extractors[key] = build_extractor(task["extractor"], device=device, **task["extractor_options"])
+                summary = comparison_summary(task["comparison"], task["manifest"], task["reference"], extractors[key],
+                                             batch_size=batch_size, cache=cache)
+            else:
+                if task["metric"] not in rewards:
+                    rewards[task["metric"]] = build_reward(task["reward"], device=device)
+                summary = reward_summary(task["manifest"], rewards[task["metric"]], task["reward"], task["scores"],
+                                         task["metric"], batch_size=batch_size, bootstrap=bootstrap, seed=seed,
+                                         progress=progress)
+            written.append(str(write_json(task["summary"], summary)))
+            print(f"{task['test_set']}: {task['metric']} = {summary['mean']:.4g}  ({task['summary']})")
+    finally:
+        for reward in rewards.values():  # worker rewards hold a process
+            close = getattr(reward, "close", None)
+            if close is not None:
+                close()
+    return written
+
+
 def main(args: argparse.Namespace) -> int:
     from drpo.eval import metrics as M
     from drpo.io import write_json
 
-    device = args.device
-    if device == "auto":
+    if args.threads:
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    if args.plan:
+        written = run_plan(args.plan, device=device, batch_size=args.batch_size, bootstrap=args.bootstrap, seed=args.seed,
+                           progress=not args.no_progress, cache=not args.no_cache)
+        if args.done:
+            write_json(args.done, {"plan": str(Path(args.plan).resolve()), "summaries": written})
+        print(f"wrote {len(written)} summaries")
+        return 0
     if not (args.geneval_results or args.manifest):
-        raise ValueError("--manifest is required (or --geneval-results)")
+        raise ValueError("--manifest is required (or --geneval-results, or --plan)")
 
     if args.geneval_results:
         summary = {"kind": "geneval", "results": str(Path(args.geneval_results).resolve()),
@@ -85,18 +179,10 @@ def main(args: argparse.Namespace) -> int:
         from drpo.eval.fid import build_extractor
 
         extractor = build_extractor(args.extractor, device=device, **_json_arg(args.extractor_options, "--extractor-options"))
-        if args.fid_ref:
-            from drpo.eval.fid import fid_between
-
-            value = fid_between(args.manifest, args.fid_ref, extractor, batch_size=args.batch_size, cache=not args.no_cache)
-            summary = {"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
-                       "reference": _provenance(args.fid_ref), **_provenance(args.manifest)}
-        elif args.distance_ref:
-            from drpo.eval.fid import paired_distance
-
-            d = paired_distance(args.manifest, args.distance_ref, extractor, batch_size=args.batch_size, cache=not args.no_cache)
-            summary = {"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
-                       "reference": _provenance(args.distance_ref), **_provenance(args.manifest)}
+        if args.fid_ref or args.distance_ref:
+            kind, reference = ("fid", args.fid_ref) if args.fid_ref else ("distance", args.distance_ref)
+            summary = comparison_summary(kind, args.manifest, reference, extractor, batch_size=args.batch_size,
+                                         cache=not args.no_cache)
         else:
             from drpo.eval.diversity import manifest_diversity
 
@@ -108,14 +194,15 @@ def main(args: argparse.Namespace) -> int:
         spec = {"name": args.reward, "options": _json_arg(args.options, "--options")}
         reward = build_reward(spec, device=device)
         out = Path(args.out) if args.out else Path(args.manifest).parent / "scores.parquet"
-        df = M.score_manifest(args.manifest, reward, out, args.batch_size, metric=args.metric or args.reward,
-                              progress=not args.no_progress)
-        summary = {"kind": "reward", "reward": spec, "scores": str(out.resolve()), **_provenance(args.manifest),
-                   **M.summarize_scores(df, n_boot=args.bootstrap, seed=args.seed)}
-        if df["tag"].notna().all() and set(df["score"].unique()) <= {0.0, 1.0}:
-            summary["geneval"] = M.geneval_summary(M.correctness_from_scores(df))
+        try:
+            summary = reward_summary(args.manifest, reward, spec, out, args.metric or args.reward, batch_size=args.batch_size,
+                                     bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
+        finally:
+            close = getattr(reward, "close", None)
+            if close is not None:
+                close()
     else:
-        raise ValueError("choose what to compute: --reward, --fid-ref, --distance-ref, --diversity, --geneval-results or --world-geneval")
+        raise ValueError("choose what to compute: --plan, --reward, --fid-ref, --distance-ref, --diversity, --geneval-results or --world-geneval")
 
     text = json.dumps(summary, indent=2, sort_keys=True, default=str)
     if args.summary:

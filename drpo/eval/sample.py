@@ -169,8 +169,10 @@ def sample(
     shard: tuple[int, int] = (0, 1),
     device: str = "cpu",
     progress: bool = True,
+    loaded: dict | None = None,
 ) -> Path:
-    """Sample every (seed, prompt) of this shard that is not on disk yet; write the manifest."""
+    """Sample every (seed, prompt) of this shard that is not on disk yet; write the manifest.
+    `loaded`: a dict that keeps the generator once loaded, so several test sets load it once."""
     from tqdm.auto import tqdm
 
     from drpo.io import save_image
@@ -186,7 +188,10 @@ def sample(
     rows = [r for i, r in enumerate(_rows_for(prompts, seeds, settings)) if i % count == index]
     todo = [r for r in rows if not (out / r["image_path"]).exists()]
     if todo:
-        model = (_OneStep if settings.model_type == "one_step" else _MultiStep)(settings, device)
+        loaded = {} if loaded is None else loaded
+        if "model" not in loaded:
+            loaded["model"] = (_OneStep if settings.model_type == "one_step" else _MultiStep)(settings, device)
+        model = loaded["model"]
         resolution = model.resolution
         write_json(out / "sampler.json", {"settings": asdict(settings), "resolution": resolution})
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {out.name}", disable=not progress, unit="img")
@@ -246,9 +251,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="generator: local diffusers folder or Hugging Face id (offline cache)")
     parser.add_argument("--family", choices=["sd-turbo", "sdxl-turbo"], help="default: from model_index.json")
     parser.add_argument("--lora", help="a training checkpoint folder (holding unet_lora/) to apply")
-    parser.add_argument("--prompts", help="prompt file: .txt (one per line) or .jsonl (prompt, prompt_id, metadata)")
+    parser.add_argument("--prompts", nargs="+", help="prompt file(s): .txt (one per line) or .jsonl (prompt, prompt_id, "
+                                                     "metadata); several test sets load the model once, one --out each")
     parser.add_argument("--seeds", default="42", help="comma-separated image seeds (default 42; the paper uses 42,43,44,45,46)")
-    parser.add_argument("--out", help="output folder (images + manifest.jsonl)")
+    parser.add_argument("--out", nargs="+", help="output folder (images + manifest.jsonl), one per --prompts file")
     parser.add_argument("--multi-step", action="store_true", help="a multi-step reference model through its diffusers pipeline")
     parser.add_argument("--steps", type=int, default=None, help="multi-step only (default 50)")
     parser.add_argument("--guidance", type=float, default=None, help="multi-step only (default 7.5)")
@@ -267,10 +273,14 @@ def main(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--out is required")
     if args.merge:
-        print(f"wrote {merge_shards(args.out)}")
+        for out in args.out:
+            print(f"wrote {merge_shards(out)}")
         return 0
-    if not args.model or not args.prompts:
-        raise ValueError("--model and --prompts are required (or --merge)")
+    missing = [flag for flag, value in (("--model", args.model), ("--prompts", args.prompts)) if not value]
+    if missing:
+        raise ValueError(f"drpo sample: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or --merge)")
+    if len(args.prompts) != len(args.out):
+        raise ValueError(f"drpo sample: {len(args.prompts)} --prompts files but {len(args.out)} --out folders; give one --out per prompt file")
     import torch
 
     if args.threads:
@@ -288,6 +298,9 @@ def main(args: argparse.Namespace) -> int:
         settings = SamplerSettings(model=args.model, family=args.family, lora=args.lora, resolution=args.resolution, dtype=args.dtype,
                                    weights=fingerprint(args.model, args.lora))
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    path = sample(args.prompts, args.out, settings, seeds, batch_size=args.batch_size, shard=args.shard, device=device, progress=not args.no_progress)
-    print(f"wrote {path}")
+    loaded: dict = {}  # the generator, loaded by the first set that has images to draw
+    for prompts, out in zip(args.prompts, args.out):
+        path = sample(prompts, out, settings, seeds, batch_size=args.batch_size, shard=args.shard, device=device,
+                      progress=not args.no_progress, loaded=loaded)
+        print(f"wrote {path}")
     return 0

@@ -246,7 +246,7 @@ def _text_cell(sub, table, paper, row, metric, paper_value, what: str) -> Cell:
             v = "Yes" if _num(v) else "No"
         elif _num(v) is not None:
             v = int(_num(v))
-        return Cell(value=v, decimals=0, source=hit["source"])
+        return Cell(value=v, decimals=0, raw=_num(hit["value"]), source=hit["source"])
     if paper_value is None:
         return Cell(decimals=0)
     return Cell(value=paper_value, decimals=0, source=f"{P.SECTIONS.get(paper, 'paper')} ({what}, a property of the method)")
@@ -290,6 +290,9 @@ def efficiency_table(results, name: str, paper: str | None = None, spec: dict | 
                     lo, hi = _num(hit["ci_low"]), _num(hit["ci_high"])
                     c.ci = (lo, hi) if lo is not None and hi is not None else None
                     c.source = hit["source"]
+                elif metric.startswith("time:") and (timed := _lookup(sub, name, k, "update_s", None)) is not None:
+                    # a component of another method's update (DrPO's drift for DRaFT): not a gap, not applicable
+                    c.value, c.source = "–", f"{timed['source']}: not a step of this method's update"
             c.paper, c.paper_source = paper_v, src
             row_cells.append(c)
         grid.append(row_cells)
@@ -625,7 +628,7 @@ def efficiency_chart(t: Table, out_png: str | os.PathLike) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 0.8 * len(t.columns) + 1.5))
     left = np.zeros(len(t.columns))
     for i in lines:
-        vals = np.array([t.cells[i][j].value or 0.0 for j in range(len(t.columns))], float)
+        vals = np.array([t.cells[i][j].raw or 0.0 for j in range(len(t.columns))], float)  # "–": not a step of it
         ax.barh(t.columns, vals, left=left, label=t.rows[i].removeprefix("↳ ").removesuffix(" (s)"))
         left += vals
     ax.set_xlabel("seconds per update")

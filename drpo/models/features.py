@@ -500,9 +500,14 @@ class TeacherUNetFeatures(FeatureMap):
 
         handles = [modules[path].register_forward_hook(hook(b)) for b, path in self.paths.items()]
         trainable = [p for p in self.unet.parameters() if p.requires_grad]
+        # the generator's gradient checkpointing would recompute these blocks in backward, after the
+        # adapter is back on and the hooks are gone (a different graph): the teacher keeps its activations
+        checkpointing = bool(getattr(self.unet, "is_gradient_checkpointing", False))
         try:
             for p in trainable:
                 p.requires_grad_(False)
+            if checkpointing:
+                self.unet.disable_gradient_checkpointing()
             with self.disable_adapter():
                 self.unet(sample, t, **kwargs)
         except _Captured:
@@ -512,6 +517,8 @@ class TeacherUNetFeatures(FeatureMap):
                 h.remove()
             for p in trainable:
                 p.requires_grad_(True)
+            if checkpointing:
+                self.unet.enable_gradient_checkpointing()
         missing = [b for b in self.keys if b not in captured]
         if missing:
             raise RuntimeError(f"teacher_unet: blocks {missing} did not run in the UNet's forward")

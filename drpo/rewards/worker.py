@@ -34,6 +34,8 @@ Scorers and their options (unknown options are an error):
     geneval      GenEval's evaluation/evaluate_images.py from a checkout (`repo`), detector weights in
                  `model_path`; thresholds: detection 0.3, counting 0.9, max_overlap 1.0, position 0.1;
                  1.0 if the image is correct for its metadata row (tag/include/exclude), else 0.0
+    any of the four with {"twin": "<folder>"}: its deterministic twin (`make_twin`; parameters from
+                 <folder>/twin.json, written by `drpo twins`), for the test studies (config/test/*.yaml)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import os
 import sys
 import tempfile
 import traceback
+import zlib
 
 PROTOCOL = 1
 # scorer -> conda environment file that provides its package
@@ -309,6 +312,70 @@ SCORERS = {
 }
 
 
+# -- twins: deterministic stand-ins for the scorers above (the test studies, config/test/*.yaml) -------
+#
+# `--options '{"twin": "<folder>"}'` serves a twin of the named scorer instead of the scorer: the same
+# process, handshake and requests, no scorer package or weights. `<folder>/twin.json` (written by
+# `drpo twins`) holds its parameters. hpsv2 / hpsv3 / imagereward: bias + scale × (weights · a 4 × 4
+# RGB thumbnail in [0, 1] − its mean weight / 2) + prompt_weight × a hash of the prompt in [−0.5, 0.5).
+# geneval: the request's GenEval row is checked as the real scorer checks it (a row without tag and
+# include is an error), then 1.0 when the tag's cell of the 4 × 4 thumbnail is brighter than the
+# image's mean, else 0.0 (so candidates of one prompt both pass and fail, as binary rewards need).
+
+def _twin_params(scorer: str, options: dict) -> dict:
+    _check_options("%s twin" % scorer, options, {"device", "twin"})
+    path = os.path.join(str(options["twin"]), "twin.json")
+    if not os.path.isfile(path):
+        raise ScorerUnavailable("the %s twin: %s does not exist; build it with `drpo twins --out <dir> %s`" % (scorer, path, scorer))
+    with open(path, encoding="utf-8") as fh:
+        params = json.load(fh).get("params", {})
+    if params.get("scorer") != scorer:
+        raise ScorerUnavailable("%s holds a twin of %r, not of %s" % (path, params.get("scorer"), scorer))
+    return params
+
+
+def _thumbnail(image) -> list:
+    return [v / 255.0 for px in image.resize((4, 4)).getdata() for v in px]
+
+
+def make_twin(scorer: str, options: dict):
+    params = _twin_params(scorer, options)
+    if scorer == "geneval":
+        cells = params["cells"]
+
+        def score(batch: Batch) -> list:
+            rows = [geneval_row(m, p) for m, p in zip(batch.metadata, batch.prompts)]
+            out = []
+            for image, row in zip(batch.images, rows):
+                thumb = _thumbnail(image)
+                cell = int(cells.get(row["tag"], 0)) % 16  # the tag's cell of the 4 x 4 thumbnail
+                out.append(1.0 if sum(thumb[3 * cell:3 * cell + 3]) > sum(thumb) / 16.0 else 0.0)
+            return out
+
+        return score, "twin"
+    weights, bias, scale = [float(w) for w in params["weights"]], float(params["bias"]), float(params["scale"])
+    offset, prompt_weight = sum(weights) / 2.0, float(params["prompt_weight"])
+
+    def score(batch: Batch) -> list:
+        out = []
+        for image, prompt in zip(batch.images, batch.prompts):
+            pixels = sum(w * v for w, v in zip(weights, _thumbnail(image))) - offset
+            text = (zlib.crc32(prompt.encode("utf-8")) % 1000) / 1000.0 - 0.5
+            out.append(bias + scale * (pixels + prompt_weight * text))
+        return out
+
+    return score, "twin"
+
+
+def make_scorer(scorer: str, options: dict):
+    """(score, version) of a scorer, or of its twin when options name one."""
+    if scorer not in SCORERS:
+        raise ScorerUnavailable(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}")
+    if "twin" in options and scorer != "brightness":
+        return make_twin(scorer, options)
+    return SCORERS[scorer](options)
+
+
 # -- the loop ---------------------------------------------------------------------------------------
 
 def _protocol_stream():
@@ -353,9 +420,7 @@ def serve(scorer: str, options: dict, stdin=None, out=None) -> int:
     stdin = stdin if stdin is not None else sys.stdin
     out = out if out is not None else _protocol_stream()
     try:
-        if scorer not in SCORERS:
-            raise ScorerUnavailable(f"unknown scorer {scorer!r}; known: {sorted(SCORERS)}")
-        score, version = SCORERS[scorer](dict(options))
+        score, version = make_scorer(scorer, dict(options))
     except Exception as err:
         traceback.print_exc(file=sys.stderr)
         message = str(err) if isinstance(err, ScorerUnavailable) else f"{type(err).__name__}: {err}"

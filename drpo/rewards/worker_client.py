@@ -12,7 +12,8 @@ An error the scorer reports for a request is raised at once (retrying would give
 Options: scorer, python, timeout (s per request), start_timeout (s for the model to load), retries,
 backoff (s), image_transport ("base64" or "path": PNG files in a temporary folder, cheaper for
 large images on one machine), env (extra environment variables), batch_size, device; any other
-option goes to the scorer (checkpoint, version, repo, ...; see worker.py).
+option goes to the scorer (checkpoint, version, repo, ...; see worker.py). `twin: <folder>` makes the
+worker serve the scorer's deterministic twin (`drpo twins`), through the same process and protocol.
 """
 
 from __future__ import annotations

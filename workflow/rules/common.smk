@@ -5,6 +5,12 @@
 onstart:
     from drpo.tracking import start_workflow_run
 
+    # DRPO_PRELOAD=1: one warm interpreter runs this machine's jobs (drpo/preload.py)
+    if os.environ.get("DRPO_PRELOAD") == "1":
+        from drpo import preload
+
+        preload.start(log=f"{R}/logs/preload.log")
+
     os.environ["DRPO_MLFLOW_URI"] = config["tracking"]["uri"]
     os.environ["DRPO_MLFLOW_EXPERIMENT"] = config["experiment"]
     os.environ["DRPO_CONFIG_HASH"] = CONFIG_HASH  # jobs tag their MLflow runs with it (drpo job)
@@ -13,15 +19,23 @@ onstart:
     ) or ""
 
 
+def stop_preload():
+    from drpo import preload
+
+    preload.stop()
+
+
 onsuccess:
     from drpo.tracking import end_workflow_run
 
+    stop_preload()
     end_workflow_run(os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID", ""), "FINISHED")
 
 
 onerror:
     from drpo.tracking import end_workflow_run
 
+    stop_preload()
     end_workflow_run(os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID", ""), "FAILED")
 
 

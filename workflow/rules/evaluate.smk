@@ -6,7 +6,7 @@ SEEDS = ",".join(map(str, config["evaluation"]["seeds"]))
 
 def sample_inputs(wildcards):
     m = MODELS[wildcards.model]
-    out = {"prompts": wf.prompt_path(config, wildcards.test_set), "model": model_inputs(m["model"])}
+    out = {"prompts": [wf.prompt_path(config, ts) for ts in TEST_SETS], "model": model_inputs(m["model"])}
     if m["kind"] == "run":
         out["lora"] = f"{R}/runs/{wildcards.model}/final/training_state.json"
     return out
@@ -14,88 +14,73 @@ def sample_inputs(wildcards):
 
 def sample_args(wildcards):
     m = MODELS[wildcards.model]
-    args = f"--model {config['models'][m['model']]['path']}"
+    model = config["models"][m["model"]]
+    args = f"--model {model['path']}"
+    if model.get("kind") == "multi_step":  # a reference row: its own pipeline, steps and guidance
+        args += f" --multi-step --steps {model.get('steps', 50)} --guidance {model.get('guidance_scale', 7.5)}"
     if m["kind"] == "run":
         args += f" --lora {R}/runs/{wildcards.model}/final"
     return args
 
 
+# One job per model draws every test set: the generator loads once.
 rule sample:
     input:
         unpack(sample_inputs),
     output:
-        f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
+        expand(f"{R}/samples/{{test_set}}/{{{{model}}}}/manifest.jsonl", test_set=TEST_SETS),
     params:
         args=sample_args,
-        out=f"{R}/samples/{{test_set}}/{{model}}",
+        out=lambda w: " ".join(f"{R}/samples/{ts}/{w.model}" for ts in TEST_SETS),
     threads: THREADS
     resources:
         gpus=0,
     log:
-        f"{R}/logs/sample/{{test_set}}/{{model}}.log",
+        f"{R}/logs/sample/{{model}}.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        job("sample", test_set="{wildcards.test_set}", model="{wildcards.model}")
+        job("sample", model="{wildcards.model}")
         + "drpo sample {params.args} --prompts {input.prompts} --seeds {SEEDS} --out {params.out} "
         "--threads {threads} --no-progress > {log} 2>&1"
 
 
+def score_inputs(wildcards):
+    """The model's and the references' manifests, and the reward and extractor models the workflow builds."""
+    tasks = wf.score_plan(config, wildcards.model)
+    specs = [t["reward"] for t in tasks if "reward" in t] + [{"options": t["extractor_options"]} for t in tasks if "comparison" in t]
+    manifests = sorted({t[k] for t in tasks for k in ("manifest", "reference") if k in t})
+    return {"plan": f"{R}/scores/_plans/{wildcards.model}.json", "manifests": manifests, "models": reward_inputs(specs)}
+
+
+# What one model's score job computes (every metric on its test sets, FID / distance against the
+# reference), as a file: a changed metric re-runs this rule (params) and the model's score job.
+rule score_plan:
+    output:
+        f"{R}/scores/_plans/{{model}}.json",
+    params:
+        tasks=lambda w: wf.score_plan(config, w.model),
+    run:
+        wf.write_score_plan(config, wildcards.model, output[0])
+
+
+# One job per model scores every metric on every test set (each reward model loads once). The
+# summaries land at scores/<test set>/<model>/<metric>.json; the job's output is the list of them,
+# written last, so per-image scores of a killed job survive for its re-run.
 rule score:
     input:
-        manifest=f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
-        reward=lambda w: reward_inputs([config["evaluation"]["metrics"][w.metric]]),
+        unpack(score_inputs),
     output:
-        scores=f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.parquet",
-        summary=f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.json",
-    params:
-        reward=lambda w: config["evaluation"]["metrics"][w.metric]["name"],
-        options=lambda w: wf.to_json(config["evaluation"]["metrics"][w.metric].get("options", {})),
+        f"{R}/scores/_done/{{model}}.json",
     threads: THREADS
     resources:
         gpus=0,
     log:
-        f"{R}/logs/score/{{test_set}}/{{model}}/{{metric}}.log",
+        f"{R}/logs/score/{{model}}.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        job("score", test_set="{wildcards.test_set}", model="{wildcards.model}", metric="{wildcards.metric}") + "drpo score --manifest {input.manifest} --reward {params.reward} --options {params.options:q} "
-        "--metric {wildcards.metric} --out {output.scores} --summary {output.summary} --no-progress > {log} 2>&1"
-
-
-def reference_of(wildcards):
-    ref = wf.reference_model(config, wildcards.comparison, wildcards.model)
-    if ref is None:
-        raise ValueError(f"{wildcards.model} is the reference of evaluation.{wildcards.comparison}: it has no "
-                         f"{wildcards.comparison} to itself")
-    return ref
-
-
-rule compare:
-    """FID or feature distance of a model's samples against the reference model's (evaluation.fid,
-    evaluation.distance)."""
-    input:
-        manifest=f"{R}/samples/{{test_set}}/{{model}}/manifest.jsonl",
-        reference=lambda w: f"{R}/samples/{w.test_set}/{reference_of(w)}/manifest.jsonl",
-        extractor=lambda w: reward_inputs([{"options": COMPARISONS[w.comparison]["options"]}]),
-    output:
-        summary=f"{R}/scores/{{test_set}}/{{model}}/{{comparison}}.json",
-    params:
-        flag=lambda w: COMPARISONS[w.comparison]["flag"],
-        args=lambda w: COMPARISONS[w.comparison]["args"],
-    wildcard_constraints:
-        comparison="|".join(COMPARISONS) if COMPARISONS else "NONE",
-    threads: THREADS
-    resources:
-        gpus=0,
-    log:
-        f"{R}/logs/compare/{{test_set}}/{{model}}/{{comparison}}.log",
-    conda:
-        "../../envs/core.yaml"
-    shell:
-        job("compare", test_set="{wildcards.test_set}", model="{wildcards.model}", comparison="{wildcards.comparison}")
-        + "drpo score --manifest {input.manifest} {params.flag} {input.reference} {params.args} "
-        "--summary {output.summary} --no-progress > {log} 2>&1"
+        job("score", model="{wildcards.model}") + "drpo score --plan {input.plan} --done {output} --threads {threads} --no-progress > {log} 2>&1"
 
 
 rule judge:

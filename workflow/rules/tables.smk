@@ -3,8 +3,7 @@
 # (`builder:`), beside the paper table it names (`paper:`), if any. `snakemake --report` adds
 # the workflow's own report.
 
-SCORES = expand(f"{R}/scores/{{test_set}}/{{model}}/{{metric}}.json", test_set=TEST_SETS, model=list(MODELS), metric=METRICS)
-COMPARED = [f"{R}/scores/{ts}/{model}/{name}.json" for ts, model, name in wf.compared(config)]
+SCORED = [f"{R}/scores/_done/{model}.json" for model in MODELS]  # one score job per model
 JUDGED = [j["path"] for j in wf.judge_summaries(config)]
 TRAINED = [f"{R}/runs/{rid}/final/training_state.json" for rid in RUNS]
 
@@ -22,7 +21,7 @@ rule collect_spec:
 
 rule collect:
     input:
-        summaries=SCORES + COMPARED + JUDGED + TRAINED + ([TIMING] if TIMING else []),
+        summaries=SCORED + JUDGED + TRAINED + ([TIMING] if TIMING else []),
         spec=rules.collect_spec.output[0],
     output:
         f"{R}/results.csv",
