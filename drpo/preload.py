@@ -82,9 +82,9 @@ def try_run(argv: list[str]) -> int | None:
             return None  # the server declined (reply["fallback"] says why): run it here
         pid = reply["pid"]
 
-        def forward(signum, _frame):
+        def forward(signum, _frame):  # to the command's whole process group: its own subprocesses too
             try:
-                os.kill(pid, signum)
+                os.killpg(pid, signum)
             except ProcessLookupError:
                 pass
 
@@ -112,6 +112,7 @@ def _child(request: dict, fds: list[int]) -> None:
     IN_CHILD = True
     code = 1
     try:
+        os.setpgid(0, 0)  # a group of its own, as a shell job: signals reach its subprocesses too
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -184,7 +185,7 @@ def serve(path: str, modules: tuple[str, ...] = MODULES, idle_timeout: float | N
                     pid = key.data
                     selector.unregister(key.fileobj)
                     try:
-                        os.kill(pid, signal.SIGTERM)
+                        os.killpg(pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
             while children:
@@ -211,7 +212,7 @@ def serve(path: str, modules: tuple[str, ...] = MODULES, idle_timeout: float | N
         Path(path).unlink(missing_ok=True)
         for pid in children:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
@@ -241,6 +242,10 @@ def _accept(conn, own_env: dict, children: dict, selector, listener) -> None:
             other.close()
         conn.close()
         _child(request, fds)
+    try:
+        os.setpgid(pid, pid)  # also here, so a signal forwarded before the child ran finds the group
+    except OSError:
+        pass  # the child got there first (or is gone)
     for fd in fds:
         os.close(fd)
     children[pid] = conn

@@ -61,29 +61,40 @@ def test_another_import_time_environment_or_no_server_runs_the_command_itself(se
     assert _client("--version").returncode == 0  # and the command still runs
 
 
-def test_a_signal_to_the_client_reaches_the_served_command(server, tmp_path):
-    path, _ = server
+def _served_sleeper(tmp_path) -> tuple[subprocess.Popen, int]:
+    """A client whose served command (`drpo job -- sleep 60`) has started, and the sleep's pid."""
     marker = tmp_path / "started"
     client = subprocess.Popen([sys.executable, "-m", "drpo.cli", "job", "--rule", "r", "--",
-                               "sh", "-c", f"touch {marker}; exec sleep 60"], env=dict(os.environ))
+                               "sh", "-c", f"echo $$ > {marker}.tmp; mv {marker}.tmp {marker}; exec sleep 60"],
+                              env=dict(os.environ))
     for _ in range(200):
         if marker.exists():
             break
         time.sleep(0.05)
-    assert marker.exists()
+    return client, int(marker.read_text())
+
+
+def _gone(pid: int, seconds: float = 10) -> bool:
+    for _ in range(int(seconds * 10)):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_signal_to_the_client_reaches_the_served_command(server, tmp_path):
+    path, _ = server
+    client, sleeper = _served_sleeper(tmp_path)
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=20) == 128 + signal.SIGTERM  # the served `drpo job` ended by the signal
+    assert _gone(sleeper)  # and so did the command it ran: the signal reached the job's process group
 
 
 def test_a_client_that_dies_takes_its_command_with_it(server, tmp_path):
     path, proc = server
-    marker = tmp_path / "started"
-    client = subprocess.Popen([sys.executable, "-m", "drpo.cli", "job", "--rule", "r", "--",
-                               "sh", "-c", f"touch {marker}; exec sleep 60"], env=dict(os.environ))
-    for _ in range(200):
-        if marker.exists():
-            break
-        time.sleep(0.05)
+    client, sleeper = _served_sleeper(tmp_path)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 1
     client.kill()  # SIGKILL: nothing forwarded, the server sees the closed connection
@@ -93,6 +104,7 @@ def test_a_client_that_dies_takes_its_command_with_it(server, tmp_path):
             break
         time.sleep(0.1)
     assert not subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert _gone(sleeper)
 
 
 def test_a_served_sample_draws_the_same_images_as_a_fresh_process(tmp_path):
