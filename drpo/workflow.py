@@ -103,6 +103,11 @@ def _check_references(config: dict, source: str) -> None:
     for ts in evaluation["test_sets"]:
         if ts not in prompt_sets:
             raise ConfigError(f"{source}: evaluation.test_sets: '{ts}' is not in prompt_sets")
+    for where, names in (("prompt_sets", prompt_sets), ("evaluation.base_models", evaluation.get("base_models", {})),
+                         ("models", models)):
+        bad = [n for n in names if not RUN_NAME.match(n) or "__" in n]
+        if bad:
+            raise ConfigError(f"{source}: {where}.{bad[0]}: names use letters, digits, '-', '_', '.' (no '__')")
     for name, base in evaluation.get("base_models", {}).items():
         if base["model"] not in models:
             raise ConfigError(f"{source}: evaluation.base_models.{name}.model: '{base['model']}' is not in models")
@@ -458,16 +463,63 @@ def _check_launcher(launch: dict, where: str, source: str) -> None:
         )
 
 
-def judge_args(config: dict) -> str:
+# -- each job's arguments, as argv lists: the rules quote every element (`{params.args:q}`), so no
+# value from a config (a path with a space, a `$(...)`) is ever read by a shell
+
+
+def prompt_set_argv(config: dict, name: str) -> list[str]:
+    """`drpo` arguments that prepare prompt set `name` (before `--out`)."""
+    spec = config["prompt_sets"][name]
+    local = ["--local-dir", spec["local_dir"]] if spec.get("local_dir") else []
+    excludes = [prompt_path(config, other) for other in spec.get("exclude", [])]
+    exclude = ["--exclude", *excludes] if excludes else []
+    if spec["source"] == "world":
+        w = config["world"]
+        return ["world", "prompts", "--split", str(spec.get("split", "test")), "--n-train", str(w["train_prompts"]),
+                "--n-test", str(w["test_prompts"]), "--seed", str(w["seed"])]
+    if spec["source"] == "geneval_grammar":
+        return ["prompts", "geneval-grammar", "--n", str(spec.get("n", 2000)), "--seed", str(spec.get("seed", 1)), *local, *exclude]
+    if spec["source"] == "file":
+        return ["prompts", "prepare", "file", "--path", spec["path"], *exclude]
+    return ["prompts", "prepare", spec["source"], *local, *exclude]
+
+
+def dataset_argv(config: dict, name: str) -> list[str]:
+    """`drpo prompts pickapic-pairs` arguments of dataset `name` (before `--out`)."""
+    spec = config["datasets"][name]
+    if spec.get("source") != "pickapic_v2" or not spec.get("parquet"):
+        raise ConfigError(f"datasets.{name}: only source pickapic_v2 with parquet files is built by the workflow")
+    args = ["--parquet", *spec["parquet"]]
+    if spec.get("max_pairs"):
+        args += ["--max-pairs", str(spec["max_pairs"])]
+    excludes = [prompt_path(config, other) for other in spec.get("exclude", [])]
+    if excludes:
+        args += ["--exclude-prompts", *excludes]
+    return args
+
+
+def sample_argv(config: dict, model: str) -> list[str]:
+    """`drpo sample` arguments of one evaluated model: its generator, LoRA, and a reference row's sampler."""
+    m = eval_models(config)[model]
+    spec = config["models"][m["model"]]
+    args = ["--model", spec["path"]]
+    if spec.get("kind") == "multi_step":  # a reference row: its own pipeline, steps and guidance
+        args += ["--multi-step", "--steps", str(spec.get("steps", 50)), "--guidance", str(spec.get("guidance_scale", 7.5))]
+    if m["kind"] == "run":
+        args += ["--lora", f"{results_dir(config)}/runs/{model}/final"]
+    return args
+
+
+def judge_argv(config: dict) -> list[str]:
     judge = config["evaluation"]["judge"]
-    args = [f"--backend {judge.get('backend', 'world')}", f"--order {judge.get('order', 'hashed')}"]
+    args = ["--backend", judge.get("backend", "world"), "--order", judge.get("order", "hashed")]
     if judge.get("model"):
-        args.append(f"--model {judge['model']}")
+        args += ["--model", judge["model"]]
     if judge.get("base_url"):
-        args.append(f"--base-url {judge['base_url']}")
+        args += ["--base-url", judge["base_url"]]
     if judge.get("max_pairs"):
-        args.append(f"--max-pairs {judge['max_pairs']}")
-    return " ".join(args)
+        args += ["--max-pairs", str(judge["max_pairs"])]
+    return args
 
 
 def table_rows(config: dict, table: str) -> list[str]:

@@ -4,6 +4,7 @@ the paper needs is in the DAG, and `snakemake -n` plans the paper studies withou
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -239,3 +240,26 @@ def test_a_metric_with_test_sets_scores_only_those():
     config["evaluation"]["metrics"]["geneval"]["test_sets"] = ["world_tset"]
     with pytest.raises(ConfigError, match=r"evaluation\.metrics\.geneval\.test_sets: 'world_tset' is not in evaluation\.test_sets"):
         wf.validate_config(config)
+
+
+def test_no_config_value_reaches_a_shell(tmp_path):
+    """A prompt file whose name holds a space and a `$(...)`: the job reads that file, and the
+    command substitution never runs (every config value is one quoted argument)."""
+    weird = tmp_path / "my prompts $(touch drpo-pwned).txt"  # a shell would create ./drpo-pwned in the job's folder
+    weird.write_text("a red cube\na blue ball\n")
+    config = copy.deepcopy(default_config())
+    config["prompt_sets"]["mine"] = {"source": "file", "path": str(weird)}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    results = tmp_path / "r r"  # the results folder, too
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", f"{results}/prompts/mine.jsonl", "--cores", "1",
+                           "--configfile", str(tmp_path / "c.yaml"), "--config", f"results={results}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (ROOT / "drpo-pwned").exists()
+    rows = [json.loads(line) for line in (results / "prompts" / "mine.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["a red cube", "a blue ball"]
+    bad = copy.deepcopy(default_config())
+    bad["evaluation"]["base_models"]["my base'; rm -rf x"] = bad["evaluation"]["base_models"].pop("base")
+    with pytest.raises(ConfigError, match=r"evaluation\.base_models\.my base'; rm -rf x: names use letters"):
+        wf.validate_config(bad)

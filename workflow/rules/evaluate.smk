@@ -12,17 +12,6 @@ def sample_inputs(wildcards):
     return out
 
 
-def sample_args(wildcards):
-    m = MODELS[wildcards.model]
-    model = config["models"][m["model"]]
-    args = f"--model {model['path']}"
-    if model.get("kind") == "multi_step":  # a reference row: its own pipeline, steps and guidance
-        args += f" --multi-step --steps {model.get('steps', 50)} --guidance {model.get('guidance_scale', 7.5)}"
-    if m["kind"] == "run":
-        args += f" --lora {R}/runs/{wildcards.model}/final"
-    return args
-
-
 # One job per model draws every test set: the generator loads once.
 rule sample:
     input:
@@ -30,8 +19,8 @@ rule sample:
     output:
         expand(f"{R}/samples/{{test_set}}/{{{{model}}}}/manifest.jsonl", test_set=TEST_SETS),
     params:
-        args=sample_args,
-        out=lambda w: " ".join(f"{R}/samples/{ts}/{w.model}" for ts in TEST_SETS),
+        args=lambda w: wf.sample_argv(config, w.model),
+        out=lambda w: [f"{R}/samples/{ts}/{w.model}" for ts in TEST_SETS],
     threads: THREADS
     resources:
         gpus=0,
@@ -41,8 +30,8 @@ rule sample:
         "../../envs/core.yaml"
     shell:
         job("sample", model="{wildcards.model}")
-        + "drpo sample {params.args} --prompts {input.prompts} --seeds {SEEDS} --out {params.out} "
-        "--threads {threads} --no-progress > {log} 2>&1"
+        + "drpo sample {params.args:q} --prompts {input.prompts:q} --seeds {SEEDS} --out {params.out:q} "
+        "--threads {threads} --no-progress > {log:q} 2>&1"
 
 
 def score_inputs(wildcards):
@@ -80,7 +69,7 @@ rule score:
     conda:
         "../../envs/core.yaml"
     shell:
-        job("score", model="{wildcards.model}") + "drpo score --plan {input.plan} --done {output} --threads {threads} --no-progress > {log} 2>&1"
+        job("score", model="{wildcards.model}") + "drpo score --plan {input.plan:q} --done {output:q} --threads {threads} --no-progress > {log:q} 2>&1"
 
 
 rule judge:
@@ -91,7 +80,7 @@ rule judge:
         judgements=f"{R}/judge/{{test_set}}/{{a}}__vs__{{b}}.jsonl",
         summary=f"{R}/judge/{{test_set}}/{{a}}__vs__{{b}}.json",
     params:
-        args=lambda w: wf.judge_args(config),
+        args=lambda w: wf.judge_argv(config),
     wildcard_constraints:
         a="|".join(map(re.escape, MODELS)),
         b="|".join(map(re.escape, MODELS)),
@@ -102,5 +91,5 @@ rule judge:
     conda:
         "../../envs/judge.yaml"
     shell:
-        job("judge", test_set="{wildcards.test_set}", a="{wildcards.a}", b="{wildcards.b}") + "drpo judge --a {input.a} --b {input.b} {params.args} --out {output.judgements} "
-        "--summary {output.summary} > {log} 2>&1"
+        job("judge", test_set="{wildcards.test_set}", a="{wildcards.a}", b="{wildcards.b}") + "drpo judge --a {input.a:q} --b {input.b:q} {params.args:q} --out {output.judgements:q} "
+        "--summary {output.summary:q} > {log:q} 2>&1"

@@ -28,7 +28,7 @@ rule collect:
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo collect --spec {input.spec} --out {output}"
+        "drpo collect --spec {input.spec:q} --out {output:q}"
 
 
 rule tables:
@@ -43,11 +43,11 @@ rule tables:
     params:
         out=f"{R}/tables",
         # reward curves of the runs that have a reward (run ids: labels may hold "=")
-        curves=" ".join(f"{rid}={R}/runs/{rid}/metrics.jsonl" for rid, run in RUNS.items() if "reward" in run.spec),
+        curves=[f"{rid}={R}/runs/{rid}/metrics.jsonl" for rid, run in RUNS.items() if "reward" in run.spec],
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo tables --results {input.results} --spec {input.spec} --out {params.out} --curves {params.curves}"
+        "drpo tables --results {input.results:q} --spec {input.spec:q} --out {params.out:q} --curves {params.curves:q}"
 
 
 rule report_html:
@@ -57,7 +57,8 @@ rule report_html:
         f"{R}/report.html",
     params:
         tables=f"{R}/tables",
+        samples=f"{R}/samples",
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo report --tables {params.tables} --samples {R}/samples --out {output}"
+        "drpo report --tables {params.tables:q} --samples {params.samples:q} --out {output:q}"

@@ -56,8 +56,8 @@ rule train:
     conda:
         "../../envs/core.yaml"
     shell:
-        job("train", run="{wildcards.run}") + "{params.launch} train --config {input.cfg} --resume --no-progress "
-        "--threads {threads} > {log} 2>&1"
+        job("train", run="{wildcards.run}") + "{params.launch} train --config {input.cfg:q} --resume --no-progress "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 # §6.3's timing run: DrPO and DRaFT from their runs' configs, re-pointed at evaluation.timing's
@@ -95,5 +95,5 @@ rule timing:
     conda:
         "../../envs/core.yaml"
     shell:
-        job("timing") + "drpo bench timing --drpo {input.drpo} --draft {input.draft} --repeats {params.repeats} "
-        "--warmup {params.warmup} --threads {threads} --out {output} > {log} 2>&1"
+        job("timing") + "drpo bench timing --drpo {input.drpo:q} --draft {input.draft:q} --repeats {params.repeats} "
+        "--warmup {params.warmup} --threads {threads} --out {output:q} > {log:q} 2>&1"

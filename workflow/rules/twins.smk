@@ -21,14 +21,15 @@ if config.get("twins") is not None:
         output:
             twin_models.outputs(config, TWINS_DIR),
         params:
-            names=" ".join(TWIN_NAMES),
+            names=TWIN_NAMES,
+            out=TWINS_DIR,
             seed=int(config["twins"].get("seed", 0)),
         log:
             f"{R}/logs/twins.log",
         conda:
             "../../envs/core.yaml"
         shell:
-            "drpo twins --out {TWINS_DIR} --seed {params.seed} {params.names} > {log} 2>&1"
+            "drpo twins --out {params.out:q} --seed {params.seed} {params.names:q} > {log:q} 2>&1"
 
     _reward_inputs_without_twins = reward_inputs
 

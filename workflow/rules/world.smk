@@ -20,9 +20,9 @@ rule world_base:
     conda:
         "../../envs/core.yaml"
     shell:
-        job("world_base") + "drpo world train-base --prompts {input} --out {params.out} "
+        job("world_base") + "drpo world train-base --prompts {input:q} --out {params.out:q} "
         "--resolution {W[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
-        "--seed {W[seed]} --threads {threads} > {log} 2>&1"
+        "--seed {W[seed]} --threads {threads} > {log:q} 2>&1"
 
 
 rule world_reward_model:
@@ -40,8 +40,8 @@ rule world_reward_model:
     conda:
         "../../envs/core.yaml"
     shell:
-        job("world_reward_model") + "drpo world train-reward --prompts {input} --out {params.out} "
-        "--resolution {W[resolution]} --steps {W[reward_model_steps]} --seed {W[seed]} --threads {threads} > {log} 2>&1"
+        job("world_reward_model") + "drpo world train-reward --prompts {input:q} --out {params.out:q} "
+        "--resolution {W[resolution]} --steps {W[reward_model_steps]} --seed {W[seed]} --threads {threads} > {log:q} 2>&1"
 
 
 rule world_pairs:
@@ -54,5 +54,5 @@ rule world_pairs:
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo world pairs --prompts {input} --out {output} --n {W[offline_pairs]} "
-        "--resolution {W[resolution]} --seed {W[seed]} > {log} 2>&1"
+        "drpo world pairs --prompts {input:q} --out {output:q} --n {W[offline_pairs]} "
+        "--resolution {W[resolution]} --seed {W[seed]} > {log:q} 2>&1"
