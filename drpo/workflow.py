@@ -61,6 +61,12 @@ def validate_config(config: dict, source: str = "config", schema_path: Path = SC
     _set_defaults(schema, config)
     _check_references(config, source)
     _check_tables(config, source)
+    for run_id in runs(config):  # every run's TrainConfig, at every parse: also when its outputs exist
+        try:
+            train_config(config, run_id)
+        except (ConfigError, ValueError, TypeError, KeyError) as err:
+            message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            raise ConfigError(f"{source}: {message}" if not message.startswith(source) else message) from None
     return config
 
 

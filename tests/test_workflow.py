@@ -263,3 +263,23 @@ def test_no_config_value_reaches_a_shell(tmp_path):
     bad["evaluation"]["base_models"]["my base'; rm -rf x"] = bad["evaluation"]["base_models"].pop("base")
     with pytest.raises(ConfigError, match=r"evaluation\.base_models\.my base'; rm -rf x: names use letters"):
         wf.validate_config(bad)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["training"]["defaults"].setdefault("drpo", {}).update(positives=99),
+     r"training\.runs\.drpo: drpo\.positives \(99\) \+ drpo\.negatives \(\d+\) must be <= drpo\.candidates"),
+    (lambda c: c["training"].update(ablations={"typo": {"run": "drpo", "key": "drpo.candidatez", "values": [4]}}),
+     r"training\.runs\.drpo-typo-4: unknown key drpo\.candidatez"),
+])
+def test_an_invalid_training_edit_stops_every_run_at_parse_time(tmp_path, edit, message):
+    """Every run's TrainConfig is checked when the Snakefile is read, not when a train job is
+    planned: with finished outputs nothing is planned, and the edit used to pass as 'Nothing to be done'."""
+    config = copy.deepcopy(default_config())
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        wf.validate_config(config, source="mine.yaml")
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(tmp_path / "mine.yaml"),
+                           "--config", f"results={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and re.search(message, proc.stdout + proc.stderr), proc.stderr[-2000:]
