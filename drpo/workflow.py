@@ -122,6 +122,13 @@ def _check_references(config: dict, source: str) -> None:
         if unknown:
             raise ConfigError(f"{source}: evaluation.metrics.{name}.test_sets: '{unknown[0]}' is not in evaluation.test_sets "
                               f"({', '.join(evaluation['test_sets'])})")
+    judge = evaluation.get("judge") or {}
+    named = set(evaluation.get("base_models", {})) | set(_named_runs(config))
+    for who in [judge.get("method", "drpo")] * bool(judge) + list(judge.get("against", [])):
+        if who not in named:
+            key = "method" if who == judge.get("method", "drpo") and who not in judge.get("against", []) else "against"
+            raise ConfigError(f"{source}: evaluation.judge.{key}: '{who}' is neither a base model nor a run "
+                              f"({', '.join(sorted(named))})")
     for name in COMPARISONS:
         spec = evaluation.get(name)
         if not spec:

@@ -283,3 +283,22 @@ def test_an_invalid_training_edit_stops_every_run_at_parse_time(tmp_path, edit, 
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(tmp_path / "mine.yaml"),
                            "--config", f"results={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0 and re.search(message, proc.stdout + proc.stderr), proc.stderr[-2000:]
+
+
+def test_typos_are_errors_not_silence(tmp_path):
+    """A judge opponent that names no model, and a key said twice in a YAML file (PyYAML would keep
+    the last): each is one line naming the key."""
+    from drpo.config import load_yaml
+
+    config = copy.deepcopy(default_config())
+    config["evaluation"]["judge"]["against"].append("dpoo")
+    with pytest.raises(ConfigError, match=r"evaluation\.judge\.against: 'dpoo' is neither a base model nor a run"):
+        wf.validate_config(config)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("training:\n  runs:\n    drpo: {method: drpo}\n    drpo: {method: dpo}\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: line 4: key 'drpo' appears twice in one mapping \(first on line 3\)"):
+        load_yaml(twice)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "drpo.cli", "train", "--config", str(twice)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and "key 'drpo' appears twice" in proc.stderr and "Traceback" not in proc.stderr
