@@ -434,6 +434,35 @@ def test_command_reward_retries_a_crash_then_succeeds_and_persistent_recovers(tm
         missing(images(1), ["p"])
 
 
+@pytest.mark.parametrize("mode", ["per_call", "persistent"])
+def test_a_hung_wrapper_script_leaves_no_process_behind(tmp_path, mode):
+    """A reward behind a wrapper (a shell script starting its model server, then waiting): on the
+    timeout the whole process group goes, not only the wrapper (its server used to live on)."""
+    pids = tmp_path / "pids"
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text(f"#!/bin/sh\nsleep 120 &\necho $! >> {pids}\necho $$ >> {pids}\nwait\n")
+    wrapper.chmod(0o755)
+    reward = build_reward({"name": "command", "options": {"command": [str(wrapper)], "mode": mode, "timeout": 1,
+                                                          "retries": 0}})
+    with pytest.raises(RewardError, match="hung"):
+        reward(images(1), ["p"])
+    reward.close()
+    started = [int(x) for x in pids.read_text().split()]
+    assert len(started) == 2
+    for _ in range(50):
+        alive = []
+        for pid in started:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"left running: {alive}"
+
+
 # -- http black box --------------------------------------------------------------------------------
 
 class _Handler(BaseHTTPRequestHandler):

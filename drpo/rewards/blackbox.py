@@ -42,7 +42,7 @@ from drpo.rewards import Reward, RewardError, check_scores
 from drpo.rewards.transport import (
     HoldsProcess,
     IMAGE_TRANSPORTS, ImagePayload, LineProcess, Transient, child_env, dumps, parse_score_line,
-    parse_scores, retry, tail,
+    parse_scores, retry, run_group, tail,
 )
 
 MODES = ("per_call", "persistent")
@@ -116,10 +116,7 @@ class CommandReward(HoldsProcess, _BlackBox):
     def _per_call(self, payload: str):
         def attempt() -> list[float]:
             try:
-                proc = subprocess.run(  # argv list, no shell
-                    self.argv, input=payload.encode("utf-8"), capture_output=True, timeout=self.timeout,
-                    env=self.env, cwd=self.cwd,
-                )
+                proc = run_group(self.argv, payload.encode("utf-8"), self.timeout, env=self.env, cwd=self.cwd)  # no shell
             except subprocess.TimeoutExpired:
                 raise Transient(f"no answer within {self.timeout:g} s (hung?); killed") from None
             except OSError as err:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import queue
+import signal
 import subprocess
 import tempfile
 import threading
@@ -149,9 +150,9 @@ class LineProcess:
         self.argv = [str(a) for a in argv]
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(  # argv list, no shell
+        self.proc = subprocess.Popen(  # argv list, no shell; a session of its own, killed as a group
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=env, cwd=cwd, bufsize=0,
+            env=env, cwd=cwd, bufsize=0, start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -226,12 +227,38 @@ class LineProcess:
             self.kill()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        kill_group(self.proc)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a process started with `start_new_session=True` and everything it started (a wrapper
+    script's model server would otherwise live on, holding its memory)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def run_group(argv: Sequence[str], payload: bytes, timeout: float, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """subprocess.run for a command reward: its own session, and on a timeout the whole group is
+    killed (subprocess.run kills only the first process)."""
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(payload, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.communicate()
+        raise
+    except BaseException:
+        kill_group(proc)
+        raise
+    kill_group(proc)  # what it left running in the background goes with it
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
