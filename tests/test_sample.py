@@ -35,9 +35,28 @@ def test_manifest_rows_seeds_and_resume(setup, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed_*/images/*.png")}
     sample(setup / "prompts.jsonl", out, settings, [42, 43], progress=False)  # resume: nothing redrawn
     assert {p: p.stat().st_mtime_ns for p in out.glob("seed_*/images/*.png")} == stamps
-    (out / rows[0]["image_path"]).unlink()  # a lost image is redrawn identically
+    first = out / rows[0]["image_path"]
+    original = first.read_bytes()
+    first.unlink()  # a lost image is redrawn identically
     sample(setup / "prompts.jsonl", out, settings, [42, 43], progress=False)
-    assert (out / rows[0]["image_path"]).exists()
+    assert first.read_bytes() == original
+    first.write_bytes(original[: len(original) // 2])  # a truncated one (a full disk, a copy cut short) too
+    sample(setup / "prompts.jsonl", out, settings, [42, 43], progress=False)
+    assert first.read_bytes() == original
+
+
+def test_a_truncated_image_is_a_one_line_error_naming_it(setup, tmp_path, capsys):
+    from drpo.cli import main
+
+    out = tmp_path / "s"
+    manifest = sample(setup / "prompts.jsonl", out, SamplerSettings(model=str(setup / "model")), [42], progress=False)
+    broken = out / read_jsonl(manifest)[1]["image_path"]
+    broken.write_bytes(broken.read_bytes()[:40])
+    assert main(["score", "--manifest", str(manifest), "--reward", "brightness", "--out", str(tmp_path / "s.parquet"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"drpo score: error: image {broken} cannot be read") and "re-run `drpo sample`" in err
+    assert len(err.splitlines()) == 1
     absolute = load_manifest(manifest)
     assert all(r["image_path"].startswith("/") for r in absolute)
 

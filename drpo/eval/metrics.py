@@ -146,8 +146,13 @@ def load_images(paths: Sequence[str | os.PathLike]):
 
     out = []
     for p in paths:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {p} listed in the manifest is missing (re-run `drpo sample`)") from None
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated or not an image at all
+            raise ValueError(f"image {p} cannot be read ({err}); delete it and re-run `drpo sample`, which redraws it") from None
         out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
     return out
 

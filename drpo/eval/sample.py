@@ -92,6 +92,20 @@ def _rows_for(prompts: list[dict], seeds: list[int], settings: SamplerSettings) 
     return rows
 
 
+def _readable(path: Path) -> bool:
+    """An image a killed job (or a full disk) left truncated is drawn again, not kept."""
+    if not path.exists():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 def _reset_if_settings_changed(out: Path, settings: SamplerSettings) -> int | None:
     """Wipe the folder when the settings differ from the recorded ones; the recorded resolution."""
     stamp = out / "sampler.json"
@@ -186,7 +200,7 @@ def sample(
     resolution = _reset_if_settings_changed(out, settings) or settings.resolution
     index, count = shard
     rows = [r for i, r in enumerate(_rows_for(prompts, seeds, settings)) if i % count == index]
-    todo = [r for r in rows if not (out / r["image_path"]).exists()]
+    todo = [r for r in rows if not _readable(out / r["image_path"])]
     if todo:
         loaded = {} if loaded is None else loaded
         if "model" not in loaded:
