@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from drpo.rewards import RewardError
 from drpo.train.config import train_config_from_dict
 from drpo.train.trainer import Trainer, read_final_lora
 
@@ -163,3 +164,24 @@ def test_resume_ignores_checkpoints_of_another_config(assets, tmp_path, capsys):
     assert resumed.start_step == 0 and "another config" in capsys.readouterr().out
     extended = train_config_from_dict(config(assets, tmp_path / "run", steps=3, checkpoint__every=1, method="pso", pso__candidates=6))
     assert Trainer(extended, resume=True, progress=False).start_step == 1  # more steps, same updates: resumes
+
+
+def test_a_fresh_run_that_fails_erases_nothing_of_the_run_before_it(assets, tmp_path, capsys):
+    """Re-running a finished folder with a config whose reward crashes used to truncate the old
+    metrics log and rewrite its config.json; --resume with another config used to overwrite its
+    checkpoints. Both now move the earlier run to replaced/<time>/ before anything is written."""
+    from drpo.tracking import training_tracker
+
+    out = tmp_path / "run"
+    first = train_config_from_dict(config(assets, out, steps=2, checkpoint__every=1, method="pso", pso__candidates=6))
+    Trainer(first, tracker=training_tracker(first), progress=False).train()
+    before = {name: (out / name).read_bytes() for name in ("config.json", "metrics.jsonl", "final/training_state.json",
+                                                          "checkpoint-1/training_state.json")}
+    crashing = config(assets, out, steps=2, method="pso", pso__candidates=6, optim__lr=5e-3,
+                      reward={"name": "command", "options": {"command": [str(tmp_path / "no-such-scorer")], "retries": 0}})
+    cfg = train_config_from_dict(crashing)
+    with pytest.raises(RewardError):
+        Trainer(cfg, resume=True, tracker=training_tracker(cfg), progress=False).train()
+    (kept,) = (out / "replaced").iterdir()
+    assert {name: (kept / name).read_bytes() for name in before} == before
+    assert "another config" in capsys.readouterr().out

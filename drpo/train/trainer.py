@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 METRICS_LOG = "metrics.jsonl"  # the tracker's local log; a checkpoint keeps a copy of it
+PREVIOUS_RUN_FILES = ("config.json", METRICS_LOG, "final", "samples")  # with checkpoint-*: one run's files
 NEEDS_FEATURES = {"drpo", "drpo_offline"}
 NEEDS_REWARD = {"drpo", "draft", "dpo", "grpo", "pso", "vggflow"}
 GRADIENT_THROUGH_REWARD = {"draft", "vggflow"}
@@ -194,7 +195,8 @@ class Trainer:
         want = resume_hash(self.cfg)
         matching = [p for _, p in found if json.loads((p / "training_state.json").read_text()).get("resume_hash") == want]
         if found and not matching and self.accelerator.is_main_process:
-            print(f"--resume: the checkpoints in {self.out} were trained with another config; starting from scratch")
+            print(f"--resume: the checkpoints in {self.out} were trained with another config; starting from scratch "
+                  f"(they are moved to {self.out}/replaced/)")
         return matching[-1] if matching else None
 
     def _metrics_log(self) -> Path | None:
@@ -215,6 +217,23 @@ class Trainer:
             kept = [line for line in lines if _logged_step(line) <= self.start_step]
         with atomic_path(log) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
+
+    def _set_aside_previous_run(self) -> Path | None:
+        """A fresh run in a folder that holds another run (a finished one, or checkpoints of another
+        config) moves that run's files to `replaced/<time>/` first: a fresh run that then fails erases
+        nothing, and `--resume` never overwrites another config's checkpoints."""
+        previous = [p for p in self.out.iterdir() if p.name in PREVIOUS_RUN_FILES or p.name.startswith("checkpoint-")]
+        if not previous:
+            return None
+        kept = self.out / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+        while kept.exists():
+            kept = kept.with_name(kept.name + "+")
+        kept.mkdir(parents=True)
+        for path in previous:
+            os.replace(path, kept / path.name)
+        print(f"{self.out} held an earlier run ({', '.join(sorted(p.name for p in previous))}); "
+              f"starting from scratch, the earlier run is kept in {kept}")
+        return kept
 
     def _load_state(self, ckpt: Path) -> None:
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
@@ -349,6 +368,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.resumed_from is None:
+                self._set_aside_previous_run()
             write_json(self.out / "config.json", to_dict(cfg))
             self._start_metrics_log()
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.method} updates", disable=not self.progress, dynamic_ncols=True)
