@@ -10,7 +10,8 @@ wrong counts, NaN and garbage are not (a deterministic program would give them a
 `command` — options: command (argv list, e.g. [python, score.py, --fast]; a string is split with
 shlex, never given to a shell), mode (per_call | persistent), timeout (s per batch), retries,
 backoff, image_transport (base64 | path), env (extra environment variables), cwd, batch_size.
-The program reads one JSON line per image on stdin:
+The program runs in a session of its own: a hang, a retry or the end of the run kills it with
+everything it started (a wrapper script's model server too). The program reads one JSON line per image on stdin:
 
     {"prompt": "a red cube", "image": "<base64 PNG, or a PNG path with image_transport: path>", "metadata": {...}}
 
