@@ -508,3 +508,14 @@ def test_every_configured_row_of_a_paper_table_lands_on_a_paper_row(name):
                 continue  # the grid's own run: an extra row beside the paper's base row
             label = (models[m] if m in models else models[f"{m}-s42"])["label"]
             assert P.canonical_row(paper, label) in keys, (table, m, label)
+
+
+def test_report_refuses_a_tables_folder_that_is_not_there(tmp_path, capsys):
+    """`drpo report --tables /nonexistent` used to write an empty report and exit 0."""
+    from drpo.cli import main
+
+    assert main(["report", "--tables", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "--tables" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--tables", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "holds no table" in capsys.readouterr().err and not (tmp_path / "r.html").exists()

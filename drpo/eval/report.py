@@ -44,6 +44,10 @@ def _sample_grid(manifest: Path, n: int):
 
 def build_report(tables: str | Path, out: str | Path, samples: str | Path | None = None, n: int = 8, title: str = "drpo study") -> Path:
     tables = Path(tables)
+    if not tables.is_dir():
+        raise FileNotFoundError(f"--tables {tables}: no such folder (write it with `drpo tables`)")
+    if not any(tables.glob("*.csv")):
+        raise FileNotFoundError(f"--tables {tables}: holds no table (.csv); write them with `drpo tables`")
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>", f"<h1>{html.escape(title)}</h1>"]
     frames = {csv: pd.read_csv(csv, keep_default_na=False) for csv in sorted(tables.glob("*.csv"))
               if not csv.name.endswith(".sources.csv")}
