@@ -204,9 +204,23 @@ def main(args: argparse.Namespace) -> int:
     else:
         raise ValueError("choose what to compute: --plan, --reward, --fid-ref, --distance-ref, --diversity, --geneval-results or --world-geneval")
 
-    text = json.dumps(summary, indent=2, sort_keys=True, default=str)
     if args.summary:
         write_json(args.summary, summary)
         print(f"wrote {args.summary}")
-    print(text)
+    print(summary_line(summary))
+    if not args.summary:  # nowhere else to find it
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def summary_line(summary: dict) -> str:
+    """One line for the terminal: what was scored, its mean, the 95 % interval and the count."""
+    what = summary.get("metric") or summary.get("kind", "score")
+    line = f"{what}: {summary['mean']:.4g}" if summary.get("mean") is not None else f"{what}: no value"
+    if summary.get("ci_low") is not None and summary.get("ci_high") is not None:
+        line += f" (95% CI {summary['ci_low']:.4g} to {summary['ci_high']:.4g})"
+    if summary.get("n") is not None:
+        line += f", n = {summary['n']}"
+    if summary.get("geneval", {}).get("overall") is not None:
+        line += f"; GenEval overall {summary['geneval']['overall']:.4g}"
+    return line
