@@ -57,6 +57,20 @@ def test_overrides_parse_yaml_values():
         parse_overrides(["steps"])
 
 
+def test_an_error_the_overrides_bring_names_set_not_the_file(tmp_path):
+    from drpo.config import ConfigError
+    from drpo.train.config import load_train_config
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("method: drpo\nsteps: 2\n")
+    bad.write_text("method: drpo\nsteps: x\n")
+    with pytest.raises(ConfigError, match=r"^--set: unknown key drpo\.candidatez"):
+        load_train_config(good, {"drpo": {"candidatez": 3}})
+    with pytest.raises(ConfigError, match=r"bad\.yaml: steps: expected an integer"):
+        load_train_config(bad, {"drpo": {"candidates": 8}})
+    assert load_train_config(bad, {"steps": 4}).steps == 4  # --set may fix what the file got wrong
+
+
 def test_prompt_rows_and_schedule_are_independent_of_process_count(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(f'{{"prompt": "p{i}", "tag": "t"}}\n' for i in range(10)))

@@ -284,15 +284,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.out:
-        raise ValueError("--out is required")
+    needed = (("--out", args.out),) if args.merge else (("--model", args.model), ("--prompts", args.prompts), ("--out", args.out))
+    missing = [flag for flag, value in needed if not value]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required"
+                         + ("" if args.merge else " (or --merge --out DIR to merge shard manifests)"))
     if args.merge:
         for out in args.out:
             print(f"wrote {merge_shards(out)}")
         return 0
-    missing = [flag for flag, value in (("--model", args.model), ("--prompts", args.prompts)) if not value]
-    if missing:
-        raise ValueError(f"drpo sample: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or --merge)")
     if len(args.prompts) != len(args.out):
         raise ValueError(f"drpo sample: {len(args.prompts)} --prompts files but {len(args.out)} --out folders; give one --out per prompt file")
     import torch

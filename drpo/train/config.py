@@ -214,9 +214,15 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     from drpo.config import deep_merge
 
     data = load_yaml(path)
-    if overrides:
-        data = deep_merge(data, overrides)
-    return train_config_from_dict(data, source=str(path))
+    if not overrides:
+        return train_config_from_dict(data, source=str(path))
+    try:
+        train_config_from_dict(data, source=str(path))
+        file_ok = True
+    except ConfigError:
+        file_ok = False  # maybe what --set is there to fix
+    # an error that only the overrides bring is theirs: it names --set, not the file
+    return train_config_from_dict(deep_merge(data, overrides), source="--set" if file_ok else str(path))
 
 
 def train_config_from_dict(data: dict, source: str = "config") -> TrainConfig:
