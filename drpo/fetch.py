@@ -808,7 +808,6 @@ def fetch_missing(items: list[Item], *, models_dir: str | None = None, timeout: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
         "List every model, weight file, dataset and scorer environment a workflow config needs, with its\n"
         "approximate size, whether it is already here (a local path or the Hugging Face cache) and where it\n"

@@ -38,7 +38,6 @@ def config_keys_help() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = config_keys_help()
     parser.add_argument("--config", required=True, help="training YAML (see config/train/*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
