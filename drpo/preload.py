@@ -111,6 +111,9 @@ def _child(request: dict, fds: list[int]) -> None:
     global IN_CHILD
     IN_CHILD = True
     code = 1
+    import atexit
+
+    atexit._clear()  # the server's import-time exit handlers are not this command's; its own run at the end
     try:
         os.setpgid(0, 0)  # a group of its own, as a shell job: signals reach its subprocesses too
         for target, fd in enumerate(fds):
@@ -140,6 +143,10 @@ def _child(request: dict, fds: list[int]) -> None:
 
         traceback.print_exc()
     finally:
+        try:
+            atexit._run_exitfuncs()  # what the command registered (an MLflow run to end, ...), as at a normal exit
+        except Exception:  # noqa: BLE001
+            pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
