@@ -350,8 +350,8 @@ def test_the_rules_pass_the_spec_as_a_file_that_the_dag_tracks():
     smk = (ROOT / "workflow" / "rules" / "tables.smk").read_text()
     collect = smk[smk.index("rule collect:"):smk.index("rule tables:")]
     tables = smk[smk.index("rule tables:"):smk.index("rule report_html:")]
-    assert "spec=rules.collect_spec.output[0]" in collect and "--spec {input.spec}" in collect and "params" not in collect
-    assert "spec=rules.collect_spec.output[0]" in tables and "--spec {input.spec}" in tables
+    assert "spec=rules.collect_spec.output[0]" in collect and "--spec {input.spec:q}" in collect and "params" not in collect
+    assert "spec=rules.collect_spec.output[0]" in tables and "--spec {input.spec:q}" in tables
 
 
 @pytest.mark.parametrize("name", ["sdxl-turbo", "default"])
