@@ -350,13 +350,6 @@ def _reference_of(reference: str, model: str, models: dict[str, dict], seeds: li
     return None if ref == model else ref
 
 
-def compared(config: dict) -> list[tuple[str, str, str]]:
-    """(test set, model, comparison) for every model that is not its own reference."""
-    models, seeds = eval_models(config), config["training"]["seeds"]
-    return [(ts, model, name) for name in comparisons(config) for ts in config["evaluation"]["test_sets"]
-            for model in models if _reference_of(config["evaluation"][name]["reference"], model, models, seeds)]
-
-
 def metric_test_sets(config: dict, metric: str) -> list[str]:
     """The test sets a metric scores: its own `test_sets`, else every test set of the evaluation."""
     return list(config["evaluation"]["metrics"][metric].get("test_sets") or config["evaluation"]["test_sets"])
@@ -419,7 +412,7 @@ def judge_pairs(config: dict) -> list[tuple[str, str]]:
 
 
 def to_json(obj: Any) -> str:
-    """Quote a value for a shell command line (JSON is valid YAML for our CLIs)."""
+    """A value as compact JSON (a rule's params: a change re-runs the rule)."""
     return json.dumps(obj, sort_keys=True)
 
 
