@@ -11,6 +11,7 @@ import os
 import sys
 
 from drpo import __version__
+from drpo.errors import UserError
 
 # name -> (module, one-line help). Modules are imported lazily so `drpo --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,6 +51,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Drifting Preference Optimization for one-step text-to-image generators.",
     )
     parser.add_argument("--version", action="version", version=f"drpo {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: DRPO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         code = None if preload.IN_CHILD else preload.try_run(argv)
         if code is not None:
             return code
+    # --debug may stand anywhere before a `--` (drpo train ... --debug), not only before the command
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
@@ -75,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.main(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # User errors (bad config, missing file/model) get one clear line, not a traceback.
-        if "DRPO_DEBUG" in os.environ:
+    except (UserError, ValueError, FileNotFoundError, KeyError) as err:
+        # User errors (bad config, missing or corrupt file, a failing reward) get one clear line;
+        # the message names the file, key or value and the fix. --debug shows the traceback.
+        if debug or os.environ.get("DRPO_DEBUG", "0") not in ("", "0"):
             raise
-        print(f"drpo {args.command}: error: {err}", file=sys.stderr)
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"drpo {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

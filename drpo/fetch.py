@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
+from drpo.errors import UserError  # noqa: E402
+
 # -- what is known about each item ----------------------------------------------------------------
 
 GB, MB = 1e9, 1e6
@@ -593,7 +595,7 @@ def format_missing(items: list[Item], reason: str) -> str:
 # -- downloading -----------------------------------------------------------------------------------
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download that did not complete (network, HTTP status, size)."""
 
 

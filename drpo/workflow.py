@@ -490,6 +490,37 @@ def prompt_set_argv(config: dict, name: str) -> list[str]:
     return ["prompts", "prepare", spec["source"], *local, *exclude]
 
 
+def built_input(config: dict, path: str) -> str | None:
+    """The file that says `path` is built, when this workflow builds it (a path under the results
+    folder): the twins' manifest for a tiny twin, else the folder's config.json (the world's reward
+    model and CLIP). None for a path outside the results folder (a model the user fetched)."""
+    results = results_dir(config).rstrip("/") + "/"
+    if not isinstance(path, str) or not path.startswith(results):
+        return None
+    twins = f"{results}twins/"
+    if path.startswith(twins):
+        from drpo.models.twins import MANIFEST
+
+        return twins + MANIFEST
+    return f"{path.rstrip('/')}/config.json"
+
+
+def reward_inputs(config: dict, specs: list[dict]) -> list[str]:
+    """What a reward (a list of reward specs) needs the workflow to build first: every option that
+    names a path under the results folder (`path`, `processor`, a twin's `twin`)."""
+    out = [built_input(config, v) for spec in specs for v in (spec.get("options") or {}).values()]
+    return list(dict.fromkeys(f for f in out if f))
+
+
+def dataset_inputs(config: dict, name: str) -> list[str]:
+    """What `drpo prompts pickapic-pairs` of dataset `name` reads that the workflow writes: the prompt
+    sets it excludes, and its parquet files when the workflow builds them (the twins' shard).
+    Parquet files the user fetched are not inputs, so a dry run needs no data."""
+    spec = config["datasets"][name]
+    parquet = [p for p in spec.get("parquet", []) if built_input(config, p)]
+    return [prompt_path(config, other) for other in spec.get("exclude", [])] + parquet
+
+
 def dataset_argv(config: dict, name: str) -> list[str]:
     """`drpo prompts pickapic-pairs` arguments of dataset `name` (before `--out`)."""
     spec = config["datasets"][name]

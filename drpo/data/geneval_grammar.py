@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from drpo.io import read_text
 from drpo.world.grammar import GENEVAL_TAG_WEIGHTS, prompt_text
 
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -70,4 +71,4 @@ def read_object_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: GenEval's object names (geneval_object_names.txt, one class per line) not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]

@@ -71,19 +71,33 @@ def _label(value) -> float | None:
 
 def iter_rows(parquet_files: Sequence[str | Path], batch_size: int = 64) -> Iterator[tuple[str, int, dict]]:
     """(file name, row index in file, row) over all files, reading a few rows at a time."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from drpo.errors import corrupt_file
 
     for f in parquet_files:
         f = Path(f)
         if not f.exists():
             raise FileNotFoundError(f"parquet file {f} does not exist")
-        pf = pq.ParquetFile(f)
+        fix = "download the shard again (drpo fetch --config <your config> lists it with its size)"
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as err:
+            raise corrupt_file(f, err, fix) from None
         names = set(pf.schema_arrow.names)
         missing = [c for c in COLUMNS if c not in names]
         if missing:
             raise ValueError(f"{f}: lacks column(s) {missing} of the Pick-a-Pic v2 schema (has {sorted(names)})")
         index = 0
-        for batch in pf.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
+        batches = pf.iter_batches(batch_size=batch_size, columns=list(COLUMNS))
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as err:  # a row group cut short
+                raise corrupt_file(f, err, fix) from None
+            if batch is None:
+                break
             for row in batch.to_pylist():
                 yield f.name, index, row
                 index += 1

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from drpo.io import atomic_path, write_json
+from drpo.io import atomic_path, read_text, write_json
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ PARSERS = {"parti_tsv": parse_parti_tsv, "geneval_jsonl": parse_geneval_jsonl, "
 
 def read_prompt_source(name: str, path: str | Path) -> list[dict]:
     src = _source(name)
-    rows = PARSERS[src.format](Path(path).read_text(encoding="utf-8"), str(path))
+    rows = PARSERS[src.format](read_text(path), str(path))
     if len(rows) != src.count:
         raise ValueError(f"{path}: {len(rows)} prompts, expected {src.count} for prompt set '{name}'")
     return rows
@@ -221,7 +221,7 @@ def load_prompts(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".tsv":
         return parse_parti_tsv(text, str(path))
     if path.suffix == ".jsonl" or text.lstrip().startswith("{"):

@@ -50,11 +50,12 @@ def read_table_specs(path: str | Path) -> dict[str, dict]:
     import yaml
 
     from drpo.eval.tables import BUILDERS
+    from drpo.io import read_text
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--spec {path}: no such file")
-    data = yaml.safe_load(path.read_text())  # JSON is YAML
+    data = yaml.safe_load(read_text(path))  # JSON is YAML
     tables = data.get("tables") if isinstance(data, dict) else None
     if not isinstance(tables, dict):
         raise ValueError(f"--spec {path}: no `tables:` mapping (table name -> {{builder, paper}})")

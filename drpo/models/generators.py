@@ -365,6 +365,8 @@ class OneStepGenerator:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        from drpo.errors import corrupt_file
+
         folder = Path(folder)
         src = folder / LORA_DIR if (folder / LORA_DIR).is_dir() else folder
         weights, config_file = src / "adapter_model.safetensors", src / "adapter_config.json"
@@ -373,7 +375,10 @@ class OneStepGenerator:
             self.timestep = int(json.loads(one_step.read_text())["timestep"])
         if not weights.exists() or not config_file.exists():
             raise FileNotFoundError(f"no LoRA at {src} (expected adapter_model.safetensors and adapter_config.json)")
-        config = LoraConfig.from_pretrained(str(src))
+        try:
+            config = LoraConfig.from_pretrained(str(src))
+        except Exception as err:  # peft raises several types for a truncated or foreign JSON
+            raise corrupt_file(config_file, err, "copy the LoRA folder again, or train it again") from None
         if self.has_lora:
             mine = self.unet.peft_config["default"]
             if (mine.r, mine.lora_alpha, set(mine.target_modules)) != (config.r, config.lora_alpha, set(config.target_modules)):
@@ -385,8 +390,12 @@ class OneStepGenerator:
         else:
             config.inference_mode = False
             self.unet.add_adapter(config)
+        try:
+            loaded = load_file(str(weights))
+        except Exception as err:  # safetensors raises its own type for a bad header
+            raise corrupt_file(weights, err, "copy the LoRA folder again, or train it again") from None
         state = {}
-        for key, value in load_file(str(weights)).items():
+        for key, value in loaded.items():
             for prefix in (PEFT_PREFIX, "unet."):
                 if key.startswith(prefix):
                     key = key[len(prefix):]

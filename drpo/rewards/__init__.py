@@ -46,8 +46,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from drpo.errors import UserError
 
-class RewardError(RuntimeError):
+
+class RewardError(UserError, RuntimeError):
     """A reward failed: crashed, hung, returned the wrong count, NaN/inf or garbage.
 
     The message names the reward, the command/URL/worker, and what went wrong.

@@ -39,7 +39,7 @@ def config_keys_help() -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = config_keys_help()
-    parser.add_argument("--config", required=True, help="training YAML (see config/train/*.yaml)")
+    parser.add_argument("--config", required=True, help="training YAML: the keys below; the workflow writes one per run to <results>/runs/<run>/train.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value, e.g. --set steps=10 --set drpo.candidates=16")
     parser.add_argument("--method", choices=METHODS, help="shortcut for --set method=...")
@@ -63,10 +63,12 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, overrides)
     from drpo.tracking import training_tracker
 
+    # models and checkpoint first: a missing model or a bad checkpoint leaves no MLflow store or run behind
+    trainer = Trainer(cfg, resume=args.resume or False, progress=not args.no_progress)
     tracker = training_tracker(cfg)  # with tracking off, a local metrics.jsonl only
+    trainer.tracker = tracker
     status = "FAILED"  # what MLflow shows unless the run gets to its end
     try:
-        trainer = Trainer(cfg, resume=args.resume or False, tracker=tracker, progress=not args.no_progress)
         final = trainer.train()
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -214,6 +214,9 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     from drpo.config import deep_merge
 
     data = load_yaml(path)
+    if not data:  # not "the defaults": an empty file is far more often a mistake than a choice
+        raise ConfigError(f"{path} is empty; a training config names at least model, prompts and reward "
+                          "(every key and its default: drpo train --help)")
     if not overrides:
         return train_config_from_dict(data, source=str(path))
     try:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from drpo.io import read_text
+
 
 def load_prompt_rows(path: str | Path, max_prompts: int | None = None) -> list[dict]:
     """Rows with at least `prompt` and `prompt_id` (0-based line index unless given).
@@ -24,7 +26,7 @@ def load_prompt_rows(path: str | Path, max_prompts: int | None = None) -> list[d
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist (config key prompts.path)")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
+    for i, line in enumerate(read_text(path).splitlines()):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):

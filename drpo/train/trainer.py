@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from drpo.config import config_hash, to_dict
+from drpo.errors import UserError, corrupt_file
 from drpo.io import atomic_path, write_json
 from drpo.train.base import Method, Models
 from drpo.train.config import TrainConfig
@@ -98,6 +99,29 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """A checkpoint's training_state.json and training_state.pt, after checking that its LoRA reads.
+    A truncated or corrupt file is a UserError naming it."""
+    from safetensors.torch import load_file
+
+    fix = f"delete {path} to resume from the checkpoint before it"
+    state_json, state_pt = path / "training_state.json", path / "training_state.pt"
+    lora = path / "unet_lora" / "adapter_model.safetensors"
+    try:
+        info = json.loads(state_json.read_text())
+    except (OSError, ValueError) as err:
+        raise corrupt_file(state_json, err, fix) from None
+    try:
+        state = torch.load(state_pt, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated zip, pickle or tensor: torch raises several types
+        raise corrupt_file(state_pt, err, fix) from None
+    try:
+        load_file(str(lora))
+    except Exception as err:  # safetensors raises its own error type for a bad header
+        raise corrupt_file(lora, err, fix) from None
+    return info, state
+
+
 def resume_hash(cfg: TrainConfig) -> str:
     """What a checkpoint must share with the config to be resumed: everything that changes the
     updates (not the step budget, checkpointing or tracking, which a resumed run may extend)."""
@@ -159,6 +183,7 @@ class Trainer:
 
         self.start_step = 0
         self.resumed_from: Path | None = None
+        self._resume_state: dict = {}
         ckpt = self._find_resume(resume)
         if ckpt is not None:
             self.gen.load_lora(ckpt)  # before the optimizer is built, so it holds these parameters
@@ -184,20 +209,34 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _find_resume(self, resume: bool | str) -> Path | None:
+        """The checkpoint to continue from: the given one, or the newest readable one of this config.
+        A corrupt checkpoint (a truncated file from a crash or a full disk) is skipped with a warning
+        naming the file, so the previous one is used; a given corrupt checkpoint is an error."""
         if not resume:
             return None
         if isinstance(resume, str) and resume not in ("auto", "latest"):
             path = Path(resume)
             if not (path / "training_state.json").exists():
                 raise FileNotFoundError(f"--resume {path}: not a complete checkpoint (no training_state.json)")
+            self._resume_state = read_checkpoint(path)[1]
             return path
         found = list_checkpoints(self.out)
         want = resume_hash(self.cfg)
-        matching = [p for _, p in found if json.loads((p / "training_state.json").read_text()).get("resume_hash") == want]
-        if found and not matching and self.accelerator.is_main_process:
+        readable = 0
+        for _, path in reversed(found):
+            try:
+                info, state = read_checkpoint(path)
+            except UserError as err:
+                log.warning("skipping a corrupt checkpoint: %s", err)
+                continue
+            readable += 1
+            if info.get("resume_hash") == want:
+                self._resume_state = state
+                return path
+        if readable and self.accelerator.is_main_process:
             print(f"--resume: the checkpoints in {self.out} were trained with another config; starting from scratch "
                   f"(they are moved to {self.out}/replaced/)")
-        return matching[-1] if matching else None
+        return None
 
     def _metrics_log(self) -> Path | None:
         return getattr(self.tracker, "metrics_path", None) if self.tracker is not None else None
@@ -236,7 +275,7 @@ class Trainer:
         return kept
 
     def _load_state(self, ckpt: Path) -> None:
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        state = self._resume_state  # read (and checked) by _find_resume
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
@@ -373,13 +412,20 @@ class Trainer:
             write_json(self.out / "config.json", to_dict(cfg))
             self._start_metrics_log()
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.method} updates", disable=not self.progress, dynamic_ncols=True)
+        # without the bar (a workflow job's log file): a line every ~5 % of the run, with its ETA
+        line_every = max(1, (cfg.steps - self.start_step) // 20)
+        started = time.perf_counter()
         for step in range(self.start_step, cfg.steps):
             metrics = self.train_step(step)
             done = step + 1
             if acc.is_main_process:
                 if self.tracker and done % cfg.tracking.log_every == 0:
                     self.tracker.log_metrics(metrics, step=done)
-                bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3g}", reward=f"{metrics.get('reward/mean', float('nan')):.3g}")
+                loss, reward = metrics.get("loss", float("nan")), metrics.get("reward/mean", float("nan"))
+                bar.set_postfix(loss=f"{loss:.3g}", reward=f"{reward:.3g}")
+                if not self.progress and acc.is_main_process and ((done - self.start_step) % line_every == 0 or done == cfg.steps):
+                    print(progress_line(cfg.method, done, cfg.steps, done - self.start_step, time.perf_counter() - started, loss, reward),
+                          flush=True)
             bar.update(1)
             if cfg.tracking.sample_grid_every and done % cfg.tracking.sample_grid_every == 0 and acc.is_main_process:
                 grid = self.sample_grid(done)
@@ -400,6 +446,14 @@ class Trainer:
                 self.tracker.log_artifact(final, "final")
         acc.wait_for_everyone()
         return final
+
+
+def progress_line(method: str, done: int, total: int, done_here: int, seconds: float, loss: float, reward: float) -> str:
+    """`drpo updates 40/200 (20%) loss 0.0213 reward 0.412 | 12.5 s/update, ETA 33m20s`."""
+    per = seconds / max(done_here, 1)
+    eta = int(round(per * (total - done)))
+    return (f"{method} updates {done}/{total} ({100 * done // max(total, 1)}%) loss {loss:.4g} reward {reward:.4g} | "
+            f"{per:.3g} s/update, ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s".replace("ETA 0h", "ETA "))
 
 
 def read_final_lora(path: str | Path) -> dict[str, torch.Tensor]:

@@ -46,10 +46,5 @@ def model_inputs(model_name):
 
 
 def reward_inputs(specs):
-    """Reward models the workflow builds itself (the world's reward model)."""
-    out = []
-    for spec in specs:
-        path = spec.get("options", {}).get("path", "")
-        if path.startswith(R):
-            out.append(f"{path}/config.json")
-    return out
+    """Reward models the workflow builds itself (the world's reward model, the tiny twins)."""
+    return wf.reward_inputs(config, specs)

@@ -25,7 +25,7 @@ rule prompt_set:
 
 rule pickapic_pairs:
     input:
-        lambda w: [wf.prompt_path(config, n) for n in config["datasets"][w.dataset].get("exclude", [])],
+        lambda w: wf.dataset_inputs(config, w.dataset),
     output:
         f"{R}/datasets/{{dataset}}/pairs.jsonl",
     params:

@@ -23,8 +23,8 @@ def run_inputs(run_id):
     if spec["method"] == "drpo_offline":
         out["dataset"] = wf.dataset_path(config, spec["dataset"])
     feature_model = wf.train_config(config, run_id).get("features", {}).get("options", {}).get("path", "")
-    if feature_model.startswith(R):  # a feature map the workflow builds (the world's CLIP)
-        out["features"] = f"{feature_model}/config.json"
+    if wf.built_input(config, feature_model):  # a feature map the workflow builds (the world's CLIP, a twin)
+        out["features"] = wf.built_input(config, feature_model)
     return out
 
 
