@@ -138,7 +138,13 @@ def _job_counts(text: str) -> dict[str, int]:
 
 
 def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
-    counts = _job_counts(_dry_run())
+    text = _dry_run()
+    # the workflow profile is found beside the root Snakefile (./profiles -> workflow/profiles), so a
+    # killed run's incomplete outputs are re-run without --rerun-incomplete (the README's recovery)
+    assert "Using workflow specific profile profiles/default" in text
+    profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["rerun-incomplete"] is True and profile["force-use-threads"] is True
+    counts = _job_counts(text)
     config = wf.validate_config(default_config())
     n_runs = len(wf.runs(config))
     n_models = n_runs + len(config["evaluation"]["base_models"])
@@ -301,3 +307,21 @@ def test_typos_are_errors_not_silence(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "drpo.cli", "train", "--config", str(twice)], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 2 and "key 'drpo' appears twice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_what_the_workflow_builds_is_an_input_of_what_reads_it():
+    """Rewards, feature maps and Pick-a-Pic shards under the results folder wait for the job that
+    builds them (the world's reward model, the tiny twins); a model or shard the user fetched is no
+    input, so a dry run needs no weights."""
+    world = wf.validate_config(default_config())
+    assert wf.reward_inputs(world, world["rewards"]["pickscore"]) == ["results/world/reward_model/config.json"]
+    assert wf.built_input(world, "stabilityai/sd-turbo") is None and wf.built_input(world, "models/x") is None
+    twins = wf.validate_config(wf.load_yaml(ROOT / "config" / "test" / "sd-turbo.yaml"))
+    manifest = "results/test-sd-turbo/twins/twins.json"
+    assert wf.reward_inputs(twins, twins["rewards"]["hpsv3"]) == [manifest]  # a worker twin, named by `twin:`
+    assert wf.reward_inputs(twins, twins["rewards"]["pickscore"]) == [manifest]
+    shard = twins["datasets"]["pickapic_pairs"]["parquet"][0]
+    assert wf.dataset_inputs(twins, "pickapic_pairs") == [wf.prompt_path(twins, "pickapic_test"), shard]
+    paper = wf.validate_config(wf.load_yaml(ROOT / "config" / "paper" / "sd-turbo.yaml"))
+    assert wf.dataset_inputs(paper, "pickapic_pairs") == [wf.prompt_path(paper, "pickapic_test")]
+    assert wf.reward_inputs(paper, paper["rewards"]["pickscore"]) == []
