@@ -139,6 +139,23 @@ def finished_run_kept(d: Path) -> None:
     assert len((d / "run" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def earlier_run_set_aside(d: Path) -> None:
+    """--resume with another config trained afresh and kept the other config's run whole."""
+    (kept,) = (d / "run" / "replaced").iterdir()
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-1", "checkpoint-2", "config.json", "final", "metrics.jsonl"]
+    assert json.loads((d / "run" / "config.json").read_text())["optim"]["lr"] == 5e-3
+    assert (d / "run" / "final" / "training_state.json").exists()
+
+
+def mlflow_says_failed(d: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{d}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("drpo").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (d / "run" / "final").exists()
+
+
 def no_final(d: Path) -> None:
     assert (d / "run").is_dir() and not (d / "run" / "final").exists()
 
@@ -251,6 +268,13 @@ CASES = [
     Case("diverged run", lambda d, a: train(d, a, optim__lr=1e30, steps=3),
          "training diverged at update", extra=["Lower optim.lr"],
          left=no_final),
+    Case("--resume with another config's checkpoints", lambda d, a: (finished_run(d, a), train(d, a, "--resume", optim__lr=5e-3))[1],
+         "were trained with another config", left=earlier_run_set_aside, code=0),
+    Case("reward crashes mid-training: MLflow says FAILED",
+         lambda d, a: train(d, a, reward={"name": "command", "options": {
+             "command": [sys.executable, str(write(d, "r.py", "import sys\nsys.exit(7)\n"))], "retries": 0}},
+             tracking={"enabled": True, "uri": f"sqlite:///{d}/mlflow.db", "sample_grid_every": 0}),
+         "reward command", extra=["exited with code 7"], left=mlflow_says_failed),
     Case("a failed re-run keeps the finished run",
          lambda d, a: (finished_run(d, a), train(d, a, model__path=str(d / "no-model")))[1], "no-model",
          left=finished_run_kept),
@@ -365,7 +389,8 @@ def test_fault(case: Case, assets, tmp_path, capfd, caplog, monkeypatch):
     argv = case.setup(tmp_path, assets)
     capfd.readouterr()
     code = main(argv)
-    err = capfd.readouterr().err + "".join(f"{r.getMessage()}\n" for r in caplog.records if r.levelname == "WARNING")
+    out, err = capfd.readouterr()
+    err += "".join(f"{r.getMessage()}\n" for r in caplog.records if r.levelname == "WARNING")
     assert code == case.code, err
     assert "Traceback" not in err, err
     if case.code:
@@ -373,7 +398,7 @@ def test_fault(case: Case, assets, tmp_path, capfd, caplog, monkeypatch):
         assert len(errors) == 1, err
         line = err[err.index(errors[0]):]  # the error line and what follows it (a fetch command)
     else:
-        line = next((line for line in err.splitlines() if case.message in line), "")
+        line = next((line for line in (err + out).splitlines() if case.message in line), "")
     for expected in [case.message, *case.extra]:
         assert expected in line, f"{expected!r} not in {line!r}"
     case.left(tmp_path)

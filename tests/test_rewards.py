@@ -557,6 +557,72 @@ def test_http_reward_timeout_and_refused_connection(server):
         build_reward({"name": "http", "options": {"url": "file:///etc/passwd"}})
 
 
+class _FlowGRPOHandler(BaseHTTPRequestHandler):
+    """A reward server of flow_grpo's protocol (its GenEval server's answer keys): a pickled dict in,
+    a pickled dict out. `answer` replaces the answer (a malicious pickle, a missing key)."""
+
+    requests: list = []
+    answer: bytes | None = None
+
+    def do_POST(self):
+        import pickle
+
+        data = pickle.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(data)
+        means = [float(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float64).mean()) for jpeg in data["images"]]
+        reply = self.answer or pickle.dumps({
+            "scores": np.array(means), "rewards": [m / 255 for m in means], "strict_rewards": [0.0] * len(means),
+            "group_rewards": {}, "group_strict_rewards": {},
+        })
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/drpo-pwned-by-reward-server",))
+
+
+def test_http_reward_speaks_flow_grpos_reward_server_protocol():
+    import pickle
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FlowGRPOHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    _FlowGRPOHandler.requests, _FlowGRPOHandler.answer = [], None
+    try:
+        imgs = images(3, size=16)
+        meta = [{"tag": "single_object", "include": [{"class": "cat", "count": 1}]}, {}, {"tag": "colors"}]
+        reward = build_reward({"name": "http", "options": {"url": url, "protocol": "flow_grpo", "retries": 0}})
+        got = reward(imgs, PROMPTS, meta)
+        sent = _FlowGRPOHandler.requests[-1]
+        assert sent["prompts"] == PROMPTS and sent["meta_datas"] == meta and sent["only_strict"] is True
+        assert all(jpeg[:2] == b"\xff\xd8" for jpeg in sent["images"])  # JPEG, as flow_grpo's clients send
+        # the server's numpy array of JPEG means comes back as the scores (JPEG moves a mean by < 2 levels)
+        assert got.tolist() == pytest.approx([float(i.float().mean()) for i in imgs], abs=2.0)
+        by_key = build_reward({"name": "http", "options": {"url": url, "protocol": "flow_grpo", "score_key": "rewards"}})
+        assert by_key(imgs, PROMPTS, meta).tolist() == pytest.approx((got / 255).tolist(), rel=1e-6)
+        _FlowGRPOHandler.answer = pickle.dumps({"outputs": [1.0, 2.0, 3.0]})  # DeQA / UnifiedReward servers
+        assert reward(imgs, PROMPTS, meta).tolist() == [1.0, 2.0, 3.0]
+        _FlowGRPOHandler.answer = pickle.dumps({"result": [1.0, 2.0, 3.0]})
+        with pytest.raises(RewardError, match=r"no 'scores' or 'outputs' \(it has \['result'\]\); set options.score_key"):
+            reward(imgs, PROMPTS, meta)
+        _FlowGRPOHandler.answer = pickle.dumps({"scores": _RunsCode()})
+        with pytest.raises(RewardError, match=r"refused (posix|os)\.system"):
+            reward(imgs, PROMPTS, meta)
+        assert not Path("/tmp/drpo-pwned-by-reward-server").exists()
+        with pytest.raises(ValueError, match="options.protocol must be one of"):
+            build_reward({"name": "http", "options": {"url": url, "protocol": "grpc"}})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # -- ensembles ------------------------------------------------------------------------------------
 
 class Channel(Reward):

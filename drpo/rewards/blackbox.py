@@ -22,16 +22,24 @@ and writes scores on stdout: one line per image holding a number or {"score": x}
               (and flush) its scores for them before the next batch — start-up cost is paid once.
               A process that dies or hangs is restarted for the retry.
 
-`http` — options: url, timeout, retries, backoff, headers, verify (TLS), batch_size. POSTs
+`http` — options: url, protocol (drpo | flow_grpo), timeout, retries, backoff, headers, verify
+(TLS), batch_size. With protocol `drpo` (the default) it POSTs
     {"prompts": [...], "images": [<base64 PNG>, ...], "metadata": [{...}, ...]}
-to exactly `url` and expects 200 with {"scores": [...]}. Redirects are not followed (a 3xx is an
-error naming its Location), and proxy settings / .netrc credentials from the environment are not
-used, so the images go to the configured URL only.
+to exactly `url` and expects 200 with {"scores": [...]}. With protocol `flow_grpo` it speaks the
+reward servers of flow_grpo (and those that follow it, e.g. verl-omni's): the body is a pickled
+dict {"images": [<JPEG bytes>, ...], "prompts": [...], "meta_datas": [{...}, ...], "only_strict":
+bool} and the answer a pickled dict whose `score_key` list holds the scores (default: "scores",
+else "outputs"; GenEval's server also answers "rewards", "strict_rewards"). The answer is unpickled
+with numbers, strings, lists, dicts and numpy arrays only: a server cannot make drpo run code.
+Redirects are not followed (a 3xx is an error naming its Location), and proxy settings / .netrc
+credentials from the environment are not used, so the images go to the configured URL only.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import shlex
 import subprocess
 import time
@@ -47,6 +55,7 @@ from drpo.rewards.transport import (
 )
 
 MODES = ("per_call", "persistent")
+HTTP_PROTOCOLS = ("drpo", "flow_grpo")
 
 
 class _BlackBox(Reward):
@@ -175,11 +184,17 @@ class HTTPReward(_BlackBox):
         verify: bool = True,
         batch_size: int = 32,
         device: str | torch.device = "cpu",
+        protocol: str = "drpo",
+        score_key: str | None = None,
+        only_strict: bool = True,
     ):
         super().__init__(timeout, retries, backoff, batch_size, device)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"reward http: options.url must be an http(s) URL, got {url!r}")
+        if protocol not in HTTP_PROTOCOLS:
+            raise ValueError(f"reward http: options.protocol must be one of {HTTP_PROTOCOLS}, got {protocol!r}")
         self.url, self.headers, self.verify = url, dict(headers or {}), bool(verify)
+        self.protocol, self.score_key, self.only_strict = protocol, score_key, bool(only_strict)
         self._session = None
 
     def _where(self) -> str:
@@ -196,9 +211,14 @@ class HTTPReward(_BlackBox):
     def score(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> Tensor:
         import requests
 
-        with ImagePayload(images, "base64") as items:
-            body = dumps({"prompts": list(prompts), "images": items, "metadata": list(metadata)}).encode("utf-8")
-        headers = {"Content-Type": "application/json", **self.headers}
+        if self.protocol == "flow_grpo":
+            body = pickle.dumps({"images": [_jpeg(img) for img in images], "prompts": list(prompts),
+                                 "meta_datas": list(metadata), "only_strict": self.only_strict}, protocol=4)
+            headers = {"Content-Type": "application/octet-stream", **self.headers}
+        else:
+            with ImagePayload(images, "base64") as items:
+                body = dumps({"prompts": list(prompts), "images": items, "metadata": list(metadata)}).encode("utf-8")
+            headers = {"Content-Type": "application/json", **self.headers}
 
         def attempt():
             try:
@@ -223,16 +243,60 @@ class HTTPReward(_BlackBox):
             resp = retry(attempt, self.retries, self.backoff)
         except Transient as err:
             raise self._fail(str(err)) from None
+        scores = self._flow_grpo_scores(resp.content) if self.protocol == "flow_grpo" else self._json_scores(resp.text)
+        return check_scores(scores, len(prompts), self.name, f" ({self.url})")
+
+    def _json_scores(self, text: str) -> list:
         try:
-            data = json.loads(resp.text)
+            data = json.loads(text)
             scores = data["scores"] if isinstance(data, dict) else None
             if not isinstance(scores, list):
                 raise ValueError("no 'scores' list")
         except (ValueError, KeyError) as err:
-            raise self._fail(f'expected JSON {{"scores": [...]}}, got {resp.text[:200]!r} ({err})') from None
-        return check_scores(scores, len(prompts), self.name, f" ({self.url})")
+            raise self._fail(f'expected JSON {{"scores": [...]}}, got {text[:200]!r} ({err})') from None
+        return scores
+
+    def _flow_grpo_scores(self, content: bytes) -> list:
+        import numpy as np
+
+        try:
+            data = _PlainUnpickler(io.BytesIO(content)).load()
+        except Exception as err:  # a truncated or foreign answer: pickle raises many types
+            raise self._fail(f"expected a pickled dict (flow_grpo protocol), got {content[:60]!r} ({err})") from None
+        keys = [self.score_key] if self.score_key else ["scores", "outputs"]
+        key = next((k for k in keys if isinstance(data, dict) and k in data), None)
+        if key is None:
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise self._fail(f"the answer has no {' or '.join(map(repr, keys))} (it has {found}); set options.score_key")
+        try:
+            return np.asarray(data[key], dtype=np.float64).reshape(-1).tolist()
+        except (TypeError, ValueError) as err:
+            raise self._fail(f"answer[{key!r}] is not a list of numbers ({err})") from None
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def _jpeg(image: Tensor) -> bytes:
+    """One uint8 (3, H, W) image as JPEG bytes, as flow_grpo's reward clients send (PIL's default quality)."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (numbers, strings, lists, dicts, numpy arrays and scalars): a reward
+    server's answer must not be able to run code here."""
+
+    BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "float", "int", "str", "bool", "complex", "bytes"}
+    NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
+
+    def find_class(self, module: str, name: str):
+        if (module == "builtins" and name in self.BUILTINS) or (module.split(".")[0] == "numpy" and name in self.NUMPY):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused {module}.{name}: a reward server's answer may hold only plain data")
