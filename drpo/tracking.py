@@ -333,6 +333,24 @@ class Tracker:
         else:
             self._call(self._client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """An image under `key` at `step` (MLflow's image slider in the run's Artifacts view)."""
+        if not self.enabled:
+            return
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self._call(self._client.log_image, self.run_id, image.convert("RGB"), key=key, step=int(step))
+
+    def log_lora_model(self, final: str | Path, base_model: str, registered_name: str, resolution: int) -> str | None:
+        """The final LoRA as an MLflow model of the `mlflow.diffusers` flavor (the adapter in diffusers'
+        format plus the base model's id or absolute path), registered as `registered_name`, so
+        `mlflow.pyfunc.load_model("models:/<name>/latest").predict({"prompt": [...]})` gives PNGs with
+        the one-step defaults (1 step, no guidance). Returns the model URI (None when MLflow is off)."""
+        if not self.enabled:
+            return None
+        return self._call(_log_lora_model, self.uri, self.run_id, Path(final), base_model, registered_name, resolution)
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run (FINISHED, FAILED or KILLED). Later calls do nothing."""
         if self._closed:
@@ -346,6 +364,45 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("FAILED" if exc_type is not None else "FINISHED")
+
+
+def _log_lora_model(uri: str, run_id: str, final: Path, base_model: str, registered_name: str, resolution: int) -> str:
+    import tempfile
+
+    import mlflow
+    import mlflow.diffusers
+    from diffusers import StableDiffusionPipeline
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import ColSpec
+    from safetensors.torch import load_file
+
+    lora = final / "unet_lora"
+    adapter = json.loads((lora / "adapter_config.json").read_text())
+    # peft's keys (base_model.model.<module>) become diffusers' (unet.<module>); the LoRA config
+    # (rank, alpha, targets) travels in the file's metadata, so load_lora_weights scales it right
+    state = {k.removeprefix("base_model.model."): v for k, v in load_file(str(lora / "adapter_model.safetensors")).items()}
+    metadata = {k: adapter[k] for k in ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora") if k in adapter}
+    local = Path(base_model)
+    if local.exists():  # a folder: absolute, so MLflow does not take it for a Hub id
+        base_model = str(local.resolve())
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(type=DataType.string, name="prompt")]),
+        outputs=Schema([ColSpec(type=DataType.binary, name="image")]),
+        params=ParamSchema([
+            ParamSpec(name="num_inference_steps", dtype=DataType.integer, default=1),  # one-step generators
+            ParamSpec(name="guidance_scale", dtype=DataType.double, default=0.0),
+            ParamSpec(name="height", dtype=DataType.integer, default=int(resolution)),
+            ParamSpec(name="width", dtype=DataType.integer, default=int(resolution)),
+        ]),
+    )
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory(prefix="drpo-lora-") as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata)
+        info = mlflow.diffusers.log_model(str(Path(tmp) / "pytorch_lora_weights.safetensors"), base_model=base_model,
+                                          name="model", registered_model_name=registered_name, signature=signature,
+                                          run_id=run_id, await_registration_for=0)
+    return info.model_uri
 
 
 def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
@@ -395,6 +452,7 @@ def training_tracker(cfg) -> Tracker:
     `tracking.enabled: false` MLflow stays off and the metrics only go to `<output_dir>/metrics.jsonl`.
     """
     from drpo.config import config_hash, flatten, to_dict
+    from drpo.train.config import own_params
 
     out = Path(cfg.output_dir)
     rank0 = int(os.environ.get("RANK", "0") or 0) == 0
@@ -422,7 +480,7 @@ def training_tracker(cfg) -> Tracker:
         cfg.tracking.experiment,
         run_name=cfg.tracking.run_name or out.name,
         tags=tags,
-        params=flatten(to_dict(cfg)),
+        params=flatten(own_params(to_dict(cfg))),  # not the other methods' defaults
         parent_run_id=parent,
         metrics_path=out / "metrics.jsonl",
         existing_run_id=run_id,

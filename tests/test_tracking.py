@@ -77,7 +77,8 @@ def test_training_run_params_tags_metrics_artifacts(tmp_path):
     assert run.data.metrics == {"loss": 0.25, "reward/mean": 1.25, "odd name_": 2.0}
     assert [(m.step, m.value) for m in c.get_metric_history(tr.run_id, "loss")] == [(3, 0.5), (4, 0.25)]
     p = run.data.params
-    assert p["method"] == "dpo" and p["seed"] == "7" and p["drpo.candidates"] == "24" and p["optim.lr"] == "0.0001"
+    assert p["method"] == "dpo" and p["seed"] == "7" and p["dpo.candidates"] == "24" and p["optim.lr"] == "0.0001"
+    assert not [k for k in p if k.split(".")[0] in ("drpo", "grpo", "pso", "draft", "vggflow", "offline")]  # only DPO's own
     assert len(p["lora.targets"]) == 6000 and p["lora.targets"].endswith("[truncated]")
     t = run.data.tags
     assert (t["method"], t["model"], t["reward"], t["seed"], t["label"]) == ("dpo", "stabilityai/sd-turbo", "pickscore", "7", "DPO 1step")
@@ -250,3 +251,52 @@ def test_real_mlflow_server_over_http(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_images(tmp_path, monkeypatch):
+    """`drpo train` with tracking: sample grids through log_image with their step, and the final LoRA
+    as an `mlflow.diffusers` model, registered, that `mlflow.pyfunc.load_model` turns prompts into
+    PNGs with — carrying exactly the trained LoRA weights at the trained scale."""
+    import io
+
+    import mlflow
+    import torch
+    import yaml
+    from PIL import Image
+    from peft.utils import get_peft_model_state_dict
+
+    from drpo.cli import main
+    from drpo.models.tiny import build_tiny_sd_turbo
+    from drpo.train.trainer import read_final_lora
+
+    monkeypatch.chdir(tmp_path)
+    build_tiny_sd_turbo(tmp_path / "model")
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "method": "drpo", "steps": 2, "grad_accum": 1, "output_dir": "runs/lora", "model": {"path": "model"},
+        "prompts": {"path": "prompts.txt"}, "reward": "brightness", "features": {"name": "latent"},
+        "lora": {"rank": 4, "alpha": 8}, "optim": {"lr": 1e-2}, "checkpoint": {"every": 0},
+        "drpo": {"candidates": 4, "positives": 1, "negatives": 1},
+        "tracking": {"uri": uri, "experiment": "exp", "sample_grid_every": 1, "sample_prompts": 2},
+    }))
+    assert main(["train", "--config", "run.yaml", "--no-progress"]) == 0
+    c = client(uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("exp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert not [k for k in run.data.params if k.startswith(("dpo.", "grpo.", "pso.", "draft.", "vggflow."))]
+    images = sorted(f.path for f in c.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png"))
+    assert [p.split("+")[:3] for p in images] == [["images/samples", "step", "1"], ["images/samples", "step", "2"]], images
+
+    (version,) = c.search_model_versions("name='exp-lora'")
+    assert version.run_id == run.info.run_id
+    model = mlflow.pyfunc.load_model("models:/exp-lora/1")
+    torch.manual_seed(0)
+    (png,) = model.predict({"prompt": ["a red circle"]})  # the signature's defaults: 1 step, no guidance, 32 px
+    assert Image.open(io.BytesIO(png)).size == (32, 32)
+    pipe = model.get_raw_model()  # the diffusers pipeline with the adapter loaded
+    (adapter,) = pipe.unet.peft_config.values()
+    assert (adapter.r, adapter.lora_alpha) == (4, 8)
+    loaded = {k.replace(".default_0", ""): v for k, v in get_peft_model_state_dict(pipe.unet, adapter_name=next(iter(pipe.unet.peft_config))).items()}
+    trained = {k.removeprefix("base_model.model."): v for k, v in read_final_lora("runs/lora/final").items()}
+    assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)

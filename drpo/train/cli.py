@@ -6,6 +6,7 @@ Multi-process: `accelerate launch --num_processes N -m drpo.cli train --config r
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import yaml
 
@@ -70,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
     status = "FAILED"  # what MLflow shows unless the run gets to its end
     try:
         final = trainer.train()
+        if trainer.accelerator.is_main_process and tracker.enabled:
+            name = f"{cfg.tracking.experiment}-{cfg.tracking.run_name or Path(cfg.output_dir).name}"
+            tracker.log_lora_model(final, cfg.model.path, registered_name=name, resolution=trainer.gen.resolution)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

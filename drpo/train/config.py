@@ -14,6 +14,18 @@ from drpo.config import ConfigError, from_dict, load_yaml
 
 Method = Literal["drpo", "drpo_offline", "draft", "dpo", "grpo", "pso", "vggflow"]
 METHODS: tuple[str, ...] = ("drpo", "drpo_offline", "draft", "dpo", "grpo", "pso", "vggflow")
+# the config sections each method reads (the others are another method's settings)
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
+    "drpo": ("drpo",), "drpo_offline": ("drpo", "offline"), "draft": ("draft",), "dpo": ("dpo",),
+    "grpo": ("grpo",), "pso": ("pso",), "vggflow": ("vggflow",),
+}
+
+
+def own_params(cfg_dict: dict) -> dict:
+    """A TrainConfig as a dict without the other methods' sections (what a run logs as params)."""
+    mine = set(METHOD_SECTIONS[cfg_dict["method"]])
+    others = {s for sections in METHOD_SECTIONS.values() for s in sections} - mine
+    return {k: v for k, v in cfg_dict.items() if k not in others}
 
 
 @dataclass

@@ -430,7 +430,7 @@ class Trainer:
             if cfg.tracking.sample_grid_every and done % cfg.tracking.sample_grid_every == 0 and acc.is_main_process:
                 grid = self.sample_grid(done)
                 if grid and self.tracker:
-                    self.tracker.log_artifact(grid, "samples")
+                    self.tracker.log_image(grid, "samples", step=done)
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < cfg.steps:
                 self.save_checkpoint(done)
         bar.close()
