@@ -300,3 +300,50 @@ def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_ima
     loaded = {k.replace(".default_0", ""): v for k, v in get_peft_model_state_dict(pipe.unet, adapter_name=next(iter(pipe.unet.peft_config))).items()}
     trained = {k.removeprefix("base_model.model."): v for k, v in read_final_lora("runs/lora/final").items()}
     assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+
+def test_the_studys_held_out_numbers_land_on_each_models_run(tmp_path, monkeypatch):
+    """drpo collect logs every model's numbers (means, intervals, GenEval overall and tags, judge
+    shares, FID) on the model's run: a trained run's on its training run, a base model's on a run of
+    its own, reused by the next workflow run; results.csv goes to the workflow's parent run."""
+    from drpo.cli import main
+    from drpo.eval.study_log import model_metrics
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    train = tracking.training_tracker(train_config_from_dict(
+        {"output_dir": "results/runs/drpo-s42", "tracking": {"uri": uri, "experiment": "study"}}))
+    train.close()
+    parent = tracking.start_workflow_run(uri, "study", "h")
+    scores = tmp_path / "results" / "scores" / "test"
+    for model, mean, overall in (("base", 0.4, 0.5), ("drpo-s42", 0.6, 0.75)):
+        (scores / model).mkdir(parents=True)
+        (scores / model / "checker.json").write_text(json.dumps({
+            "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1,
+            "geneval": {"overall": overall, "tags": {"counting": {"accuracy": overall - 0.25}, "colors": {"accuracy": 1.0}}}}))
+    (scores / "drpo-s42" / "fid.json").write_text(json.dumps({"mean": 12.5, "fid": 12.5}))
+    judge = tmp_path / "results" / "judge" / "j.json"
+    judge.parent.mkdir(parents=True)
+    judge.write_text(json.dumps({"preference_share": 0.7, "preference_share_ci95": [0.6, 0.8]}))
+    spec = {"results": "results", "test_sets": ["test"], "metrics": ["checker", "fid"],
+            "models": {"base": {"kind": "base", "label": "Base"}, "drpo-s42": {"kind": "run", "label": "DrPO"}},
+            "judged": [{"test_set": "test", "judged": "drpo-s42", "opponent": "base", "path": str(judge)}],
+            "tables": {"main": {"builder": "main", "metrics": ["checker"], "rows": ["base", "drpo-s42"]}}}
+    assert model_metrics(spec, "drpo-s42") == {
+        "eval/test/checker": 0.6, "eval/test/checker/ci_low": pytest.approx(0.5), "eval/test/checker/ci_high": 0.7,
+        "eval/test/checker/geneval_overall": 0.75, "eval/test/checker/geneval/counting": 0.5,
+        "eval/test/checker/geneval/colors": 1.0, "eval/test/fid": 12.5,
+        "judge/test/vs_base": 0.7, "judge/test/vs_base/ci_low": 0.6, "judge/test/vs_base/ci_high": 0.8}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("DRPO_MLFLOW_PARENT_RUN_ID", parent)
+    for _ in range(2):  # a second workflow run reuses the base model's run
+        assert main(["collect", "--spec", "spec.json", "--out", "results/results.csv", "--mlflow-uri", uri,
+                     "--experiment", "study"]) == 0
+    c = client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("study").experiment_id])
+    trained = c.get_run(train.run_id)
+    assert trained.data.metrics["eval/test/checker/geneval_overall"] == 0.75 and trained.data.tags["label"] == "DrPO"
+    (base,) = [r for r in runs if r.data.tags.get("drpo.kind") == "model"]
+    assert base.info.run_name == "base" and base.data.metrics["eval/test/checker"] == 0.4
+    assert "judge/test/vs_base" not in base.data.metrics
+    assert {f.path for f in c.list_artifacts(parent)} == {"results.csv"}

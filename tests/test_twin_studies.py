@@ -236,3 +236,31 @@ def test_twin_study_runs_end_to_end(name, tmp_path):
     if name == "sdxl-turbo":  # the Qwen3-VL twin's verdicts reached the preference table, one per pair and test set
         judged = pd.read_csv(Path(results) / "tables" / "qwen3vl_preference.csv")
         assert len(judged) == len(config["evaluation"]["judge"]["against"])
+    _check_mlflow(config, results)
+
+
+def _check_mlflow(config: dict, results: str) -> None:
+    """The store answers "DrPO vs each baseline on each test set": every evaluated model's held-out
+    numbers on one run (a trained run's on its training run, whose final LoRA is a registered model)."""
+    from mlflow.tracking import MlflowClient
+
+    from drpo.tracking import resolve_uri
+
+    client = MlflowClient(resolve_uri(config["tracking"]["uri"]))
+    exp = client.get_experiment_by_name(config["experiment"])
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_model = {}
+    for run in runs:
+        for key in ("drpo.model", "output_dir"):
+            if key in run.data.tags and any(k.startswith("eval/") for k in run.data.metrics):
+                by_model[Path(run.data.tags[key]).name] = run
+    assert set(by_model) == set(wf.eval_models(config)), sorted(by_model)
+    drpo = by_model["drpo-s42"]
+    assert drpo.data.tags["method"] == "drpo" and drpo.data.params["drpo.candidates"]
+    assert not [k for k in drpo.data.params if k.startswith(("dpo.", "grpo.", "pso.", "draft.", "vggflow."))]
+    for ts in config["evaluation"]["test_sets"]:
+        assert f"eval/{ts}/pickscore" in drpo.data.metrics and f"eval/{ts}/pickscore/ci_low" in drpo.data.metrics
+    assert client.search_model_versions(f"name='{config['experiment']}-drpo-s42'")
+    parent = [r for r in runs if r.data.tags.get("drpo.kind") == "workflow"]
+    artifacts = {f.path for r in parent for f in client.list_artifacts(r.info.run_id)}
+    assert {"results.csv", "report.html", "tables"} <= artifacts, artifacts

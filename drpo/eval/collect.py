@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -195,6 +197,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", required=True, help="JSON file: results dir, models, test sets, metrics, tables, judge "
                                                       "summaries (the workflow writes <results>/collect_spec.json)")
     parser.add_argument("--out", required=True, help="results CSV to write")
+    parser.add_argument("--mlflow-uri", default=os.environ.get("DRPO_MLFLOW_URI") or None,
+                        help="also log every model's held-out numbers on its MLflow run (default: $DRPO_MLFLOW_URI, "
+                             "which the workflow sets; none: skip)")
+    parser.add_argument("--experiment", default=os.environ.get("DRPO_MLFLOW_EXPERIMENT", "drpo"),
+                        help="MLflow experiment (default: $DRPO_MLFLOW_EXPERIMENT, else drpo)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -205,4 +212,13 @@ def main(args: argparse.Namespace) -> int:
     with atomic_path(args.out) as tmp:
         df.to_csv(tmp, index=False)
     print(f"wrote {len(df)} results rows to {args.out}")
+    if args.mlflow_uri:
+        from drpo.eval.study_log import log_study
+
+        try:
+            placed = log_study(spec, args.mlflow_uri, args.experiment, os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None, args.out)
+            print(f"logged the held-out numbers of {len(placed)} models to MLflow ({args.mlflow_uri}, experiment {args.experiment})")
+        except Exception as err:  # noqa: BLE001 - MLflow being down must not lose the results file
+            print(f"drpo collect: warning: MLflow at {args.mlflow_uri}: {type(err).__name__}: {err}; results.csv is written",
+                  file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import argparse
 import base64
 import html
 import io
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -74,9 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--n", type=int, default=8, help="images per sample grid")
     parser.add_argument("--title", default="drpo study")
+    parser.add_argument("--mlflow-run", default=os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None,
+                        help="also attach the report and the tables to this MLflow run (default: the workflow's "
+                             "parent run, $DRPO_MLFLOW_PARENT_RUN_ID)")
+    parser.add_argument("--mlflow-uri", default=os.environ.get("DRPO_MLFLOW_URI") or None,
+                        help="the MLflow store of --mlflow-run (default: $DRPO_MLFLOW_URI)")
 
 
 def main(args: argparse.Namespace) -> int:
     path = build_report(args.tables, args.out, args.samples, args.n, args.title)
     print(f"wrote {path}")
+    if args.mlflow_run and args.mlflow_uri:
+        from drpo.tracking import open_run
+
+        tracker = open_run(args.mlflow_uri, "", existing_run_id=args.mlflow_run)  # warns and goes on if MLflow is down
+        tracker.log_artifact(path)
+        tracker.log_artifact(args.tables, "tables")
     return 0
