@@ -12,6 +12,7 @@ import yaml
 
 from drpo.eval import paper as P
 from drpo.eval import tables as T
+from drpo.eval.metrics import display_scale
 from drpo.io import write_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -519,3 +520,28 @@ def test_report_refuses_a_tables_folder_that_is_not_there(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "--tables", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]) == 2
     assert "holds no table" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
+def test_training_curves_give_each_reward_its_own_panel(tmp_path):
+    """Runs log `reward/<name>/mean` (the reward they trained on); each reward gets a panel in its own
+    display units, so a checker's 0-100 never sits under PickScore's ~22."""
+    from drpo.eval.tables import training_curves
+    from drpo.io import write_jsonl
+
+    logs = {}
+    for label, reward, values in (("DrPO", "pickscore", (0.22, 0.23)), ("DRaFT", "pickscore", (0.22, 0.25)),
+                                  ("DrPO checker", "world_checker", (0.4, 0.6))):
+        logs[label] = write_jsonl(tmp_path / f"{label}.jsonl", [{"step": s + 1, f"reward/{reward}/mean": v, "loss": 1.0}
+                                                                for s, v in enumerate(values)])
+    png = training_curves(logs, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    sources = pd.read_csv(tmp_path / "curves.sources.csv").set_index("run")
+    assert sources.loc["DrPO checker", "reward"] == "world_checker" and sources.loc["DRaFT", "column"] == "reward/pickscore/mean"
+    points = pd.read_csv(tmp_path / "curves.csv")
+    checker = points[points.run == "DrPO checker"]["y"].tolist()
+    assert checker == [pytest.approx(0.4 * display_scale("world_checker")), pytest.approx(0.6 * display_scale("world_checker"))]
+    assert points[points.run == "DRaFT"]["y"].tolist() == [pytest.approx(22.0), pytest.approx(25.0)]
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[1] > matplotlib.image.imread(
+        training_curves({"DrPO": logs["DrPO"]}, tmp_path / "one.png")).shape[1] * 1.5  # two panels, not one

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -637,7 +638,25 @@ def efficiency_chart(t: Table, out_png: str | os.PathLike) -> Path | None:
     return _save(fig, Path(out_png))
 
 
-CURVE_KEYS = ("eval/{metric}", "eval/{metric}_mean", "eval/reward", "eval/reward_mean", "{metric}", "reward/mean")
+# a run's curve: an evaluation column when the run logged one, else the reward it trained on
+# (`reward/<name>/mean`, drpo.train.trainer.namespace_rewards), else an older log's `reward/mean`
+CURVE_KEYS = ("eval/{metric}", "eval/{metric}_mean", "eval/reward", "eval/reward_mean", "{metric}")
+TRAINED_REWARD = re.compile(r"^reward/([^/]+)/mean$")
+
+
+def curve_column(log: pd.DataFrame, metric: str, y_key: str | None = None) -> tuple[str | None, str]:
+    """(column, reward it shows) of one run's training curve in a metrics log."""
+    if y_key:
+        return (y_key if y_key in log.columns else None), metric
+    for k in CURVE_KEYS:
+        if k.format(metric=metric) in log.columns:
+            return k.format(metric=metric), metric
+    trained = sorted(c for c in log.columns if TRAINED_REWARD.match(c))
+    if trained:
+        return trained[0], TRAINED_REWARD.match(trained[0]).group(1)
+    return ("reward/mean" if "reward/mean" in log.columns else None), metric
+
+
 def read_metrics_log(path: str | os.PathLike) -> pd.DataFrame:
     """A run's metrics: JSONL (the trainer's metrics.jsonl) or CSV; one row per logged step.
 
@@ -661,7 +680,8 @@ def training_curves(
     runs: dict[str, str | os.PathLike], out_png: str | os.PathLike, *, metric: str = "pickscore",
     y_key: str | None = None, x_key: str = "step", paper: bool = False,
 ) -> Path:
-    """Reward vs step (or hours when x_key='time') of several runs in display units; with `paper`
+    """Reward vs step (or hours when x_key='time') of several runs, one panel per reward (a checker's
+    0-100 never shares an axis with PickScore's ~22), each in its display units; with `paper`
     (SD-Turbo PickScore runs only), the paper's approximate curves (§6.8) dotted for runs named like
     a paper method. Also writes the plotted points to `<png stem>.csv` and their sources to
     `<png stem>.sources.csv`."""
@@ -669,32 +689,37 @@ def training_curves(
 
     if not runs:
         raise ValueError("training_curves: no runs")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    curves: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}  # reward -> (label, x, y) per run
     points, sources = [], []
     for label, path in runs.items():
         log = read_metrics_log(path)
-        key = y_key or next((k.format(metric=metric) for k in CURVE_KEYS if k.format(metric=metric) in log.columns), None)
-        if key is None or key not in log.columns:
-            raise ValueError(f"metrics file {path}: no column for the curve (tried {[k.format(metric=metric) for k in CURVE_KEYS] if not y_key else [y_key]}); "
-                             f"columns: {sorted(log.columns)}; pass y_key")
+        key, reward = curve_column(log, metric, y_key)
+        if key is None:
+            tried = [y_key] if y_key else [k.format(metric=metric) for k in CURVE_KEYS] + ["reward/<name>/mean", "reward/mean"]
+            raise ValueError(f"metrics file {path}: no column for the curve (tried {tried}); columns: {sorted(log.columns)}; pass y_key")
         if x_key not in log.columns:
             raise ValueError(f"metrics file {path}: no x column {x_key!r}; columns: {sorted(log.columns)}")
         d = log[[x_key, key]].dropna().sort_values(x_key)
         x = d[x_key].to_numpy(float)
         if x_key == "time":
             x = (x - x[0]) / 3600.0
-        y = np.array([to_display(v, metric) for v in d[key].to_numpy(float)])
-        line, = ax.plot(x, y, label=label)
-        points += [{"run": label, "x": xi, "y": yi} for xi, yi in zip(x, y)]
-        sources.append({"run": label, "path": str(path), "column": key, "x": x_key, "points": len(x)})
-        pk = P.canonical_row("sd_turbo_main", label)
-        if paper and pk in P.PAPER_CURVES and canonical_metric(metric) == "pickscore" and x_key == "step":
-            px, py = zip(*P.PAPER_CURVES[pk])
-            ax.plot(px, py, ls=":", marker="o", ms=3, color=line.get_color(), label=f"{label} (paper, approx.)")
-    ax.set_xlabel("hours" if x_key == "time" else x_key)
-    ax.set_ylabel(f"{metric} (display units)")
-    ax.legend(fontsize=7)
+        y = np.array([to_display(v, reward) for v in d[key].to_numpy(float)])
+        curves.setdefault(reward, []).append((label, x, y))
+        points += [{"run": label, "reward": reward, "x": xi, "y": yi} for xi, yi in zip(x, y)]
+        sources.append({"run": label, "path": str(path), "column": key, "reward": reward, "x": x_key, "points": len(x)})
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.8), squeeze=False)
+    for ax, (reward, lines) in zip(axes[0], sorted(curves.items())):
+        for label, x, y in lines:
+            line, = ax.plot(x, y, label=label)
+            pk = P.canonical_row("sd_turbo_main", label)
+            if paper and pk in P.PAPER_CURVES and canonical_metric(reward) == "pickscore" and x_key == "step":
+                px, py = zip(*P.PAPER_CURVES[pk])
+                ax.plot(px, py, ls=":", marker="o", ms=3, color=line.get_color(), label=f"{label} (paper, approx.)")
+        ax.set_xlabel("hours" if x_key == "time" else x_key)
+        ax.set_ylabel(f"{reward} (display units)")
+        ax.set_title(f"trained on {reward}" if len(curves) > 1 else reward)
+        ax.legend(fontsize=7)
     out = Path(out_png)
     for suffix, frame in ((".csv", pd.DataFrame(points)), (".sources.csv", pd.DataFrame(sources))):
         with atomic_path(out.with_suffix(suffix)) as tmp:

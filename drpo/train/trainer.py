@@ -420,7 +420,7 @@ class Trainer:
             done = step + 1
             if acc.is_main_process:
                 if self.tracker and done % cfg.tracking.log_every == 0:
-                    self.tracker.log_metrics(metrics, step=done)
+                    self.tracker.log_metrics(namespace_rewards(metrics, reward_name(cfg)), step=done)
                 loss, reward = metrics.get("loss", float("nan")), metrics.get("reward/mean", float("nan"))
                 bar.set_postfix(loss=f"{loss:.3g}", reward=f"{reward:.3g}")
                 if not self.progress and acc.is_main_process and ((done - self.start_step) % line_every == 0 or done == cfg.steps):
@@ -446,6 +446,17 @@ class Trainer:
                 self.tracker.log_artifact(final, "final")
         acc.wait_for_everyone()
         return final
+
+
+def reward_name(cfg: TrainConfig) -> str:
+    """The name a run's reward metrics are logged under: `pickscore`, or `pickscore+hpsv2` for an ensemble."""
+    return "+".join(r.name for r in cfg.reward)
+
+
+def namespace_rewards(metrics: dict[str, float], name: str) -> dict[str, float]:
+    """`reward/mean` -> `reward/<name>/mean`: runs of different rewards never share a chart (0-1
+    checker scores beside PickScore's ~0.22 or an aesthetic score's ~6)."""
+    return {f"reward/{name}/{k[len('reward/'):]}" if k.startswith("reward/") else k: v for k, v in metrics.items()}
 
 
 def progress_line(method: str, done: int, total: int, done_here: int, seconds: float, loss: float, reward: float) -> str:
