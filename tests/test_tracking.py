@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -253,7 +254,7 @@ def test_real_mlflow_server_over_http(tmp_path):
         log.close()
 
 
-def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_images(tmp_path, monkeypatch):
+def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_images(tmp_path, monkeypatch, capsys):
     """`drpo train` with tracking: sample grids through log_image with their step, and the final LoRA
     as an `mlflow.diffusers` model, registered, that `mlflow.pyfunc.load_model` turns prompts into
     PNGs with — carrying exactly the trained LoRA weights at the trained scale."""
@@ -281,6 +282,10 @@ def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_ima
         "tracking": {"uri": uri, "experiment": "exp", "sample_grid_every": 1, "sample_prompts": 2},
     }))
     assert main(["train", "--config", "run.yaml", "--no-progress"]) == 0
+    # without the bar (a workflow job's log) a line per ~5 % of the run, with its ETA
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("drpo updates")]
+    assert [line.split(" loss ")[0] for line in lines] == ["drpo updates 1/2 (50%)", "drpo updates 2/2 (100%)"]
+    assert all(re.search(r"reward [-\d.e]+ \| [\d.e]+ s/update, ETA \d+s$", line) for line in lines), lines
     c = client(uri)
     (run,) = c.search_runs([c.get_experiment_by_name("exp").experiment_id])
     assert run.info.status == "FINISHED"
@@ -347,3 +352,10 @@ def test_the_studys_held_out_numbers_land_on_each_models_run(tmp_path, monkeypat
     assert base.info.run_name == "base" and base.data.metrics["eval/test/checker"] == 0.4
     assert "judge/test/vs_base" not in base.data.metrics
     assert {f.path for f in c.list_artifacts(parent)} == {"results.csv"}
+
+
+def test_progress_durations_and_eta():
+    from drpo.progress import duration, rate_and_eta
+
+    assert [duration(s) for s in (0, 12.4, 245, 3723)] == ["0s", "12s", "4m05s", "1h02m03s"]
+    assert rate_and_eta(40, 200, 100.0) == "2.5 s/step, ETA 6m40s"

@@ -461,10 +461,11 @@ def namespace_rewards(metrics: dict[str, float], name: str) -> dict[str, float]:
 
 def progress_line(method: str, done: int, total: int, done_here: int, seconds: float, loss: float, reward: float) -> str:
     """`drpo updates 40/200 (20%) loss 0.0213 reward 0.412 | 12.5 s/update, ETA 33m20s`."""
+    from drpo.progress import duration
+
     per = seconds / max(done_here, 1)
-    eta = int(round(per * (total - done)))
     return (f"{method} updates {done}/{total} ({100 * done // max(total, 1)}%) loss {loss:.4g} reward {reward:.4g} | "
-            f"{per:.3g} s/update, ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s".replace("ETA 0h", "ETA "))
+            f"{per:.3g} s/update, ETA {duration(per * (total - done))}")
 
 
 def read_final_lora(path: str | Path) -> dict[str, torch.Tensor]:

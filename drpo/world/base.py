@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from drpo.models.generators import PromptEmbeds
+from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
 
@@ -107,8 +108,9 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
         loss.backward()
         opt.step()
         sched.step()
-        if step % 100 == 0:
-            log(f"vae step {step}: reconstruction mse {loss.item():.4f} ({time.time() - start:.0f} s)")
+        if step % 100 == 0 or step == recipe.vae_steps:
+            log(f"vae step {step}/{recipe.vae_steps}: reconstruction mse {loss.item():.4f} | "
+                f"{rate_and_eta(step, recipe.vae_steps, time.time() - start)} (then {recipe.regression_steps} regression steps)")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         probe = _images([rows[i] for i in rng.integers(0, len(rows), 256)], rng, recipe.resolution)
@@ -123,6 +125,7 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
     tokens = gen.tokenizer([r["prompt"] for r in rows], padding="max_length", max_length=gen.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.regression_steps, 1), eta_min=recipe.unet_lr * 0.05)
+    regression_start = time.time()
     for step in range(1, recipe.regression_steps + 1):
         idx = draw(recipe.prompts_per_step)
         noise = gen.sample_noise(len(idx))
@@ -135,8 +138,9 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        if step % 100 == 0:
-            log(f"regression step {step}/{recipe.regression_steps}: loss {loss.item():.4f} ({time.time() - start:.0f} s)")
+        if step % 100 == 0 or step == recipe.regression_steps:
+            log(f"regression step {step}/{recipe.regression_steps}: loss {loss.item():.4f} | "
+                f"{rate_and_eta(step, recipe.regression_steps, time.time() - regression_start)}")
     unet.eval().requires_grad_(False)
     text.eval().requires_grad_(False)
     log(f"base model trained in {time.time() - start:.0f} s")

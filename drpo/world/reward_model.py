@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
 
@@ -66,7 +67,8 @@ def train_reward_model(prompts_path: str | Path, out: str | Path, *, steps: int 
         opt.step()
         if step % 50 == 0 or step == steps:
             acc = (logits.argmax(1) == target).float().mean().item()
-            log(f"reward model step {step}: loss {loss.item():.3f}, prompt→image accuracy {acc:.2f} ({time.time() - start:.0f} s)")
+            log(f"reward model step {step}/{steps}: loss {loss.item():.3f}, prompt→image accuracy {acc:.2f} | "
+                f"{rate_and_eta(step, steps, time.time() - start)}")
     model.eval()
     out = Path(out)
     work = out.with_name(f".{out.name}.tmp")
