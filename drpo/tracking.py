@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
+# the MLflow UI opens an experiment of this kind on its training runs (not the GenAI overview)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PARENT_ENV = "DRPO_MLFLOW_PARENT_RUN_ID"  # set by the workflow's onstart
 RUN_ENV = "DRPO_MLFLOW_RUN_ID"  # set by `drpo job` for the command it runs
 URI_ENV = "DRPO_MLFLOW_URI"
@@ -189,9 +191,12 @@ def _ensure_experiment(client, uri: str, name: str) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":  # the name stays taken; bring it back
                 client.restore_experiment(exp.experiment_id)
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as err:  # another process created it first: read it again
             last = err
             time.sleep(0.05 * (attempt + 1))
@@ -221,6 +226,7 @@ class Tracker:
         self._disabled = False
         self._warned = False
         self._closed = False
+        self._system = None  # MLflow's SystemMetricsMonitor, while it samples
 
     @property
     def enabled(self) -> bool:
@@ -351,11 +357,38 @@ class Tracker:
             return None
         return self._call(_log_lora_model, self.uri, self.run_id, Path(final), base_model, registered_name, resolution)
 
+    def log_prompt_set(self, path: str | Path, rows: list[dict], context: str = "training") -> None:
+        """A prompt set as an MLflow dataset input of the run (its rows, source file and digest)."""
+        if not self.enabled:
+            return
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        frame = pd.DataFrame([{k: (v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in r.items()} for r in rows])
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(path).resolve()), name=Path(path).stem)
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self._call(self._client.log_inputs, self.run_id, datasets=[entry])
+
+    def start_system_metrics(self, interval: float) -> None:
+        """Sample CPU, memory, disk and GPU use every `interval` seconds into the run (`system/*`)."""
+        if not self.enabled or interval <= 0 or self._system is not None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._system = self._call(SystemMetricsMonitor, self.run_id, sampling_interval=interval, tracking_uri=self.uri)
+        if self._system is not None:
+            self._system.start()
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run (FINISHED, FAILED or KILLED). Later calls do nothing."""
         if self._closed:
             return
         self._closed = True
+        if self._system is not None:
+            self._call(self._system.finish)
+            self._system = None
         if self.owns_run and self.enabled:
             self._call(self._client.set_terminated, self.run_id, status)
 
@@ -475,7 +508,7 @@ def training_tracker(cfg) -> Tracker:
         "host": socket.gethostname(),
         **{str(k): str(v) for k, v in cfg.tracking.tags.items()},
     }
-    return open_run(
+    tracker = open_run(
         uri,
         cfg.tracking.experiment,
         run_name=cfg.tracking.run_name or out.name,
@@ -485,6 +518,8 @@ def training_tracker(cfg) -> Tracker:
         metrics_path=out / "metrics.jsonl",
         existing_run_id=run_id,
     )
+    tracker.start_system_metrics(cfg.tracking.system_metrics)
+    return tracker
 
 
 # -- workflow runs -------------------------------------------------------------------------------

@@ -74,7 +74,9 @@ def test_training_run_params_tags_metrics_artifacts(tmp_path):
     c = client(tr.uri)
     run = c.get_run(tr.run_id)
     assert run.info.status == "FINISHED"
-    assert c.get_experiment(run.info.experiment_id).name == "exp-a"
+    experiment = c.get_experiment(run.info.experiment_id)
+    assert experiment.name == "exp-a"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens the training runs
     assert run.data.metrics == {"loss": 0.25, "reward/mean": 1.25, "odd name_": 2.0}
     assert [(m.step, m.value) for m in c.get_metric_history(tr.run_id, "loss")] == [(3, 0.5), (4, 0.25)]
     p = run.data.params
@@ -279,7 +281,7 @@ def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_ima
         "prompts": {"path": "prompts.txt"}, "reward": "brightness", "features": {"name": "latent"},
         "lora": {"rank": 4, "alpha": 8}, "optim": {"lr": 1e-2}, "checkpoint": {"every": 0},
         "drpo": {"candidates": 4, "positives": 1, "negatives": 1},
-        "tracking": {"uri": uri, "experiment": "exp", "sample_grid_every": 1, "sample_prompts": 2},
+        "tracking": {"uri": uri, "experiment": "exp", "sample_grid_every": 1, "sample_prompts": 2, "system_metrics": 0.2},
     }))
     assert main(["train", "--config", "run.yaml", "--no-progress"]) == 0
     # without the bar (a workflow job's log) a line per ~5 % of the run, with its ETA
@@ -290,6 +292,11 @@ def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_ima
     (run,) = c.search_runs([c.get_experiment_by_name("exp").experiment_id])
     assert run.info.status == "FINISHED"
     assert not [k for k in run.data.params if k.startswith(("dpo.", "grpo.", "pso.", "draft.", "vggflow."))]
+    assert "reward/brightness/mean" in run.data.metrics and "reward/mean" not in run.data.metrics
+    assert [k for k in run.data.metrics if k.startswith("system/")], sorted(run.data.metrics)  # system metrics on
+    (prompts,) = run.inputs.dataset_inputs  # the prompt set, as an MLflow dataset input
+    assert prompts.dataset.name == "prompts" and prompts.dataset.source.endswith("prompts.txt") or "prompts.txt" in prompts.dataset.source
+    assert json.loads(prompts.dataset.profile)["num_rows"] == 2
     images = sorted(f.path for f in c.list_artifacts(run.info.run_id, "images") if f.path.endswith(".png"))
     assert [p.split("+")[:3] for p in images] == [["images/samples", "step", "1"], ["images/samples", "step", "2"]], images
 

@@ -93,6 +93,7 @@ class TrackingConfig:
     sample_grid_every: int = 100
     sample_prompts: int = 4
     enabled: bool = True  # False: no MLflow; metrics still go to <output_dir>/metrics.jsonl
+    system_metrics: float = 10.0  # seconds between CPU/GPU/memory samples (MLflow's system/*); 0: none
     tags: dict[str, str] = field(default_factory=dict)
 
 

@@ -201,6 +201,7 @@ class Trainer:
             rows = load_prompt_rows(cfg.prompts.path, cfg.prompts.max_prompts)
         self.schedule = PromptSchedule(rows, cfg.prompts.shuffle_seed, cfg.grad_accum * self.world, cfg.prompts_per_micro_step,
                                        balance=cfg.prompts.balance)
+        self.prompt_rows = rows
         self.sample_rows = rows[: cfg.tracking.sample_prompts]
         if ckpt is not None:
             self._load_state(ckpt)
@@ -411,6 +412,8 @@ class Trainer:
                 self._set_aside_previous_run()
             write_json(self.out / "config.json", to_dict(cfg))
             self._start_metrics_log()
+            if self.tracker and cfg.method != "drpo_offline":  # the offline variant's prompts are its pairs'
+                self.tracker.log_prompt_set(cfg.prompts.path, self.prompt_rows)
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.method} updates", disable=not self.progress, dynamic_ncols=True)
         # without the bar (a workflow job's log file): a line every ~5 % of the run, with its ETA
         line_every = max(1, (cfg.steps - self.start_step) // 20)
