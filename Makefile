@@ -2,12 +2,17 @@
 VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test
+.PHONY: setup run test browser
 setup:
 	@bash envs/install.sh
+
+browser:  ## Chromium for the browser tests (report.html, the MLflow UI): Debian's package, where apt-get and root are at hand
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "drpo: no Chromium (install Debian's chromium); the browser tests will skip"
 
 run: setup  ## set up, then rebuild every table of the embedded default config
 	DRPO_PRELOAD=1 snakemake --cores all
 
-test: setup  ## set up, then run the whole test suite
+test: setup browser  ## set up, then run the whole test suite
 	python -m pytest

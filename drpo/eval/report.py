@@ -8,64 +8,158 @@ import base64
 import html
 import io
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from drpo.io import read_jsonl, write_text
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:center}
-th{background:#f3f3f3}img{max-width:100%}h2{margin-top:2em;border-bottom:1px solid #ddd}"""
+# fits a 1200 px window: wide tables scroll inside their own box, images never exceed the column
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1140px;margin:1.5em auto;padding:0 12px;color:#222}
+.wrap{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:.6em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:center}th{background:#f3f3f3}td:first-child{text-align:left}
+img{max-width:100%;height:auto}img.figure{max-width:760px}h2{margin-top:1.8em;border-bottom:1px solid #ddd}.better{color:#17803d}.worse{color:#b42318}
+.note{color:#555;font-size:13px}"""
 
 
-def _png(path_or_image) -> str:
-    if isinstance(path_or_image, (str, Path)):
-        data = Path(path_or_image).read_bytes()
-    else:
-        buf = io.BytesIO()
-        path_or_image.save(buf, format="PNG")
-        data = buf.getvalue()
-    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+def _img(data: bytes, alt: str, cls: str = "") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _sample_grid(manifest: Path, n: int):
+def _table_order(tables: Path) -> list[str]:
+    """Table names in the order `drpo tables` wrote them (its index.md), else by name."""
+    index = tables / "index.md"
+    names = re.findall(r"Files: `([^`]+)\.csv`", index.read_text()) if index.exists() else []
+    csvs = sorted(p.stem for p in tables.glob("*.csv") if not p.name.endswith(".sources.csv"))
+    figure_data = {p.stem for p in tables.glob("*.png")}  # a figure's plotted points, not a table
+    return [n for n in names if n in csvs] + [n for n in csvs if n not in names and n not in figure_data]
+
+
+def _title(tables: Path, name: str) -> str:
+    md = tables / f"{name}.md"
+    first = md.read_text().splitlines()[0] if md.exists() else ""
+    return first.removeprefix("### ").strip() or name.replace("_", " ")
+
+
+def _cell(value, lo, hi) -> str:
+    if value in ("", None) or (isinstance(value, float) and value != value):
+        return "–"
+    if pd.notna(lo) and pd.notna(hi):
+        return f"{value} <span class=note>[{lo:.4g}, {hi:.4g}]</span>"
+    return str(value)
+
+
+def summary(tables: Path, name: str) -> str:
+    """The headline table with 95 % intervals, then DrPO against each other row, column by column:
+    the difference, and whether the intervals are apart."""
+    src = pd.read_csv(tables / f"{name}.sources.csv", keep_default_na=False, na_values=[""])
+    src = src[~src["column"].astype(str).str.endswith("(paper)")]
+    src = src[src.groupby("column")["raw"].transform(lambda v: v.notna().any())]  # no empty columns
+    rows, columns = list(dict.fromkeys(src["row"])), list(dict.fromkeys(src["column"]))
+    cell = {(r.row, r.column): r for r in src.itertuples()}
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr><td>" + html.escape(str(r)) + "</td>" + "".join(
+        f"<td>{_cell(cell[(r, c)].value, cell[(r, c)].ci_low, cell[(r, c)].ci_high) if (r, c) in cell else '–'}</td>" for c in columns)
+        + "</tr>" for r in rows)
+    parts = [f"<h2>Summary: {html.escape(_title(tables, name))}</h2>",
+             "<p class=note>Ours, with 95 % bootstrap intervals in brackets.</p>",
+             f"<div class=wrap><table><tr><th></th>{head}</tr>{body}</table></div>"]
+    ours = next((r for r in rows if str(r).startswith("DrPO")), None)
+    if ours is not None and len(rows) > 1:
+        lines = []
+        for other in (r for r in rows if r != ours):
+            cells = []
+            for c in columns:
+                a, b = cell.get((ours, c)), cell.get((other, c))
+                if a is None or b is None or pd.isna(a.raw) or pd.isna(b.raw) or not a.raw:
+                    cells.append("<td>–</td>")
+                    continue
+                scale = float(a.value) / a.raw if a.raw else 1.0  # display units, as in the table
+                diff = (a.raw - b.raw) * scale
+                apart = pd.notna(a.ci_low) and pd.notna(b.ci_high) and (a.ci_low > b.ci_high or a.ci_high < b.ci_low)
+                kind = "better" if diff > 0 else "worse"
+                cells.append(f"<td class={kind}>{diff:+.3g}{' *' if apart else ''}</td>")
+            lines.append(f"<tr><td>{html.escape(str(ours))} − {html.escape(str(other))}</td>{''.join(cells)}</tr>")
+        parts += [f"<h3>{html.escape(str(ours))} against each baseline</h3>",
+                  "<p class=note>Difference in the table's units (higher is better unless the column says otherwise, "
+                  "as FID); * the two 95 % intervals do not overlap.</p>",
+                  f"<div class=wrap><table><tr><th></th>{head}</tr>{''.join(lines)}</table></div>"]
+    return "\n".join(parts)
+
+
+def _marks(spec: dict | None, test_set: str, model: str, rows: list[dict]) -> list[bool | None]:
+    """A checker's verdict per sampled image (✓ / ✗ on the grid), when a checker metric scored it."""
+    if not spec:
+        return [None] * len(rows)
+    from drpo.eval.collect import CHECKER_REWARDS
+
+    for metric, mspec in (spec.get("metric_specs") or {}).items():
+        path = Path(spec["results"]) / "scores" / test_set / model / f"{metric}.parquet"
+        if mspec.get("name") in CHECKER_REWARDS and path.exists():
+            scores = pd.read_parquet(path, columns=["prompt_id", "seed", "score"])
+            verdict = {(int(p), int(s)): bool(v > 0.5) for p, s, v in scores.itertuples(index=False)}
+            return [verdict.get((int(r["prompt_id"]), int(r["seed"]))) for r in rows]
+    return [None] * len(rows)
+
+
+def _sample_grid(manifest: Path, n: int, marks_for=None) -> bytes:
     from PIL import Image
 
     from drpo.grid import save_grid
 
-    rows = [r for r in read_jsonl(manifest)][:n]
+    first_seed = None
+    rows = []
+    for r in read_jsonl(manifest):  # the first seed's first prompts: the same in every model's grid
+        first_seed = r["seed"] if first_seed is None else first_seed
+        if r["seed"] == first_seed and len(rows) < n:
+            rows.append(r)
     images = [Image.open(manifest.parent / r["image_path"]) for r in rows]
+    marks = marks_for(rows) if marks_for else None
     tmp = manifest.parent / ".report_grid.png"
-    save_grid(tmp, images, [r["prompt"] for r in rows], ncols=min(8, n), cell=96)
+    save_grid(tmp, images, [r["prompt"] for r in rows], ncols=min(4, n), cell=192, marks=marks)
     data = tmp.read_bytes()
     tmp.unlink()
     return data
 
 
-def build_report(tables: str | Path, out: str | Path, samples: str | Path | None = None, n: int = 8, title: str = "drpo study") -> Path:
+def build_report(tables: str | Path, out: str | Path, samples: str | Path | None = None, n: int = 8, title: str = "drpo study",
+                 spec: dict | None = None) -> Path:
+    """The page: a summary (the headline table with intervals, DrPO against each baseline), every
+    table by its title, the figures, and a sample grid per test set and model (labels from the collect
+    spec, ✓ / ✗ per image where a checker scored it)."""
     tables = Path(tables)
     if not tables.is_dir():
         raise FileNotFoundError(f"--tables {tables}: no such folder (write it with `drpo tables`)")
-    if not any(tables.glob("*.csv")):
+    order = _table_order(tables)
+    if not order:
         raise FileNotFoundError(f"--tables {tables}: holds no table (.csv); write them with `drpo tables`")
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>", f"<h1>{html.escape(title)}</h1>"]
-    frames = {csv: pd.read_csv(csv, keep_default_na=False) for csv in sorted(tables.glob("*.csv"))
-              if not csv.name.endswith(".sources.csv")}
+    labels = {m: info.get("label", m) for m, info in (spec or {}).get("models", {}).items()}
+    parts = [f"<!doctype html><meta charset='utf-8'><meta name=viewport content='width=device-width'>"
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style>", f"<h1>{html.escape(title)}</h1>"]
+    headline = next((t for t in order if (tables / f"{t}.sources.csv").exists()), None)
+    if headline:
+        parts.append(summary(tables, headline))
+    frames = {name: pd.read_csv(tables / f"{name}.csv", keep_default_na=False) for name in order}
     paper = any(str(c).endswith("(paper)") for frame in frames.values() for c in frame.columns)
-    note = "Cells: ours; a column marked (paper) holds the paper's value. " if paper else ""
-    parts.append(f"<p>{note}Each table's <code>.sources.csv</code> names the file behind every cell.</p>")
-    for csv, frame in frames.items():
-        parts.append(f"<h2>{html.escape(csv.stem.replace('_', ' '))}</h2>")
-        parts.append(frame.to_html(index=False, escape=True, border=0))
-    for png in sorted(tables.glob("*.png")):
-        parts.append(f"<h2>{html.escape(png.stem.replace('_', ' '))}</h2>{_png(png)}")
+    note = "A column marked (paper) holds the paper's value. " if paper else ""
+    parts.append(f"<h2>Tables</h2><p class=note>{note}Each table's <code>.sources.csv</code> names the file behind every cell.</p>")
+    for name, frame in frames.items():
+        parts.append(f"<h3>{html.escape(_title(tables, name))}</h3>")
+        parts.append("<div class=wrap>" + frame.to_html(index=False, escape=True, border=0) + "</div>")
+    pngs = sorted(tables.glob("*.png"))
+    if pngs:
+        parts.append("<h2>Figures</h2>")
+    for png in pngs:
+        parts.append(f"<h3>{html.escape(png.stem.replace('_', ' '))}</h3>{_img(png.read_bytes(), png.stem, 'figure')}")
     if samples and Path(samples).exists():
-        parts.append("<h2>Samples</h2><p>The first prompts of each test set, first seed; the same prompts and noise for every model.</p>")
+        parts.append("<h2>Samples</h2><p class=note>The first prompts of each test set, first seed: the same prompts "
+                     "and noise for every model; ✓ / ✗ is the checker's verdict where one scored the set.</p>")
         for manifest in sorted(Path(samples).glob("*/*/manifest.jsonl")):
-            label = f"{manifest.parent.parent.name} / {manifest.parent.name}"
-            data = _sample_grid(manifest, n)
-            parts.append(f"<h3>{html.escape(label)}</h3><img src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+            test_set, model = manifest.parent.parent.name, manifest.parent.name
+            label = f"{labels.get(model, model)} on {test_set}"
+            data = _sample_grid(manifest, n, lambda rows, ts=test_set, m=model: _marks(spec, ts, m, rows))
+            parts.append(f"<h3>{html.escape(label)}</h3>{_img(data, label)}")
     return write_text(out, "\n".join(parts) + "\n")
 
 
@@ -75,6 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--n", type=int, default=8, help="images per sample grid")
     parser.add_argument("--title", default="drpo study")
+    parser.add_argument("--spec", default=None, help="the collect spec (<results>/collect_spec.json): model labels, and "
+                                                   "the checker metrics whose verdicts mark the sample grids")
     parser.add_argument("--mlflow-run", default=os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None,
                         help="also attach the report and the tables to this MLflow run (default: the workflow's "
                              "parent run, $DRPO_MLFLOW_PARENT_RUN_ID)")
@@ -83,7 +179,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = build_report(args.tables, args.out, args.samples, args.n, args.title)
+    spec = None
+    if args.spec:
+        from drpo.eval.collect import read_spec
+
+        spec = read_spec(args.spec)
+    path = build_report(args.tables, args.out, args.samples, args.n, args.title, spec)
     print(f"wrote {path}")
     if args.mlflow_run and args.mlflow_uri:
         from drpo.tracking import open_run

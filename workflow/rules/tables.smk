@@ -52,7 +52,8 @@ rule tables:
 
 rule report_html:
     input:
-        rules.tables.output.index,
+        index=rules.tables.output.index,
+        spec=rules.collect_spec.output[0],
     output:
         f"{R}/report.html",
     params:
@@ -61,4 +62,4 @@ rule report_html:
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo report --tables {params.tables:q} --samples {params.samples:q} --out {output:q}"
+        "drpo report --tables {params.tables:q} --samples {params.samples:q} --spec {input.spec:q} --out {output:q}"
