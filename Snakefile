@@ -18,7 +18,7 @@ min_version("9.0")
 
 # `shell:` rules call `drpo`: put this interpreter's environment first on PATH, so a venv works
 # without being activated.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 
 from drpo import workflow as wf
 
@@ -52,15 +52,6 @@ wildcard_constraints:
     prompt_set="[A-Za-z0-9_.-]+",
 
 
-def job(rule, **wildcards):
-    """Prefix that runs a command as an MLflow child run of this workflow invocation, on the
-    GPUs the rule asks for (`resources: gpus`) when Snakemake runs it on a workstation."""
-    wc = " ".join(f"{k}={v}" for k, v in wildcards.items())
-    # the config hash reaches the job through $DRPO_CONFIG_HASH (set in onstart), not its command:
-    # Snakemake re-runs a job whose command changed, and every config edit changes the hash
-    return f"drpo job --rule {rule} --wildcards '{wc}' --gpus {{resources.gpus}} -- "
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/world.smk"
@@ -68,6 +59,20 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/twins.smk"  # tiny twins of every model, only for a config with `twins:` (config/test/)
+
+
+# one MLflow parent run per invocation (every job's child run hangs under it) and, with
+# DRPO_PRELOAD=1, one warm interpreter for the jobs (drpo/preload.py)
+onstart:
+    wf.workflow_started(config, CONFIG_HASH)
+
+
+onsuccess:
+    wf.workflow_ended("FINISHED")
+
+
+onerror:
+    wf.workflow_ended("FAILED")
 
 
 rule all:

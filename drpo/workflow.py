@@ -512,6 +512,88 @@ def reward_inputs(config: dict, specs: list[dict]) -> list[str]:
     return list(dict.fromkeys(f for f in out if f))
 
 
+def model_inputs(config: dict, model_name: str) -> list[str]:
+    """The workflow-built files a generator needs (nothing for a model the user fetched)."""
+    marker = model_marker(config, model_name)
+    return [marker] if marker else []
+
+
+def prompt_set_inputs(config: dict, name: str) -> list[str]:
+    """The prompt sets a prompt set must stay disjoint from (its `exclude:`)."""
+    return [prompt_path(config, other) for other in config["prompt_sets"][name].get("exclude", [])]
+
+
+def run_inputs(config: dict, run_id: str) -> dict[str, Any]:
+    """What one training run reads: its train config, and the model, prompts, reward, dataset and
+    feature map the workflow builds."""
+    results = results_dir(config)
+    spec = runs(config)[run_id].spec
+    out: dict[str, Any] = {"cfg": f"{results}/runs/{run_id}/train.yaml", "model": model_inputs(config, spec["model"])}
+    if "prompts" in spec:
+        out["prompts"] = prompt_path(config, spec["prompts"])
+    if "reward" in spec:
+        out["reward"] = reward_inputs(config, config["rewards"][spec["reward"]])
+    if spec["method"] == "drpo_offline":
+        out["dataset"] = dataset_path(config, spec["dataset"])
+    features = train_config(config, run_id).get("features", {}).get("options", {}).get("path", "")
+    if built_input(config, features):  # a feature map the workflow builds (the world's CLIP, a twin)
+        out["features"] = built_input(config, features)
+    return out
+
+
+def timed_inputs(config: dict) -> list[str]:
+    """What the timing job needs besides its two configs: the timed runs' models, prompts, rewards."""
+    timed = set(timing_runs(config).values())
+    files = []
+    for rid, run in runs(config).items():
+        if run.name in timed:
+            for key, value in run_inputs(config, rid).items():
+                if key != "cfg":
+                    files += value if isinstance(value, list) else [value]
+    return files
+
+
+def sample_inputs(config: dict, model: str) -> dict[str, Any]:
+    """One model's sampling job: every test set's prompts, the generator, and a run's final LoRA."""
+    m = eval_models(config)[model]
+    out: dict[str, Any] = {"prompts": [prompt_path(config, ts) for ts in config["evaluation"]["test_sets"]],
+                           "model": model_inputs(config, m["model"])}
+    if m["kind"] == "run":
+        out["lora"] = f"{results_dir(config)}/runs/{model}/final/training_state.json"
+    return out
+
+
+def score_inputs(config: dict, model: str) -> dict[str, Any]:
+    """One model's scoring job: its plan, its and its references' manifests, and the reward and
+    extractor models the workflow builds."""
+    tasks = score_plan(config, model)
+    specs = [t["reward"] for t in tasks if "reward" in t] + [{"options": t["extractor_options"]} for t in tasks if "comparison" in t]
+    manifests = sorted({t[k] for t in tasks for k in ("manifest", "reference") if k in t})
+    return {"plan": f"{results_dir(config)}/scores/_plans/{model}.json", "manifests": manifests,
+            "models": reward_inputs(config, specs)}
+
+
+def table_figures(config: dict) -> dict[str, str]:
+    """Figure name -> the PNG `drpo tables` draws for this config (what `drpo.eval.tables.build_all`
+    writes): a chart per preference table, a breakdown per timing table, the training curves."""
+    out = f"{results_dir(config)}/tables"
+    figures = {}
+    for name, spec in config.get("tables", {}).items():
+        if spec["builder"] == "preference":
+            figures[f"{name}_chart"] = f"{out}/{name}.png"
+        elif spec["builder"] == "timing":
+            figures[f"{name}_breakdown_chart"] = f"{out}/{name}_breakdown.png"
+    if any("reward" in run.spec for run in runs(config).values()):
+        figures["training_curves"] = f"{out}/training_curves.png"
+    return figures
+
+
+def sample_grids(config: dict) -> dict[tuple[str, str], str]:
+    """(test set, model) -> the sample grid PNG `drpo report --grids` writes."""
+    return {(ts, model): f"{results_dir(config)}/grids/{ts}/{model}.png"
+            for ts in config["evaluation"]["test_sets"] for model in eval_models(config)}
+
+
 def dataset_inputs(config: dict, name: str) -> list[str]:
     """What `drpo prompts pickapic-pairs` of dataset `name` reads that the workflow writes: the prompt
     sets it excludes, and its parquet files when the workflow builds them (the twins' shard).
@@ -704,3 +786,35 @@ def write_collect_spec(config: dict, out: str | Path) -> Path:
     from drpo.io import write_json
 
     return write_json(out, collect_spec(config))
+
+
+# -- the workflow's start and end (the Snakefile's onstart / onsuccess / onerror) -------------------
+
+
+def workflow_started(config: dict, config_hash: str) -> None:
+    """The warm interpreter (DRPO_PRELOAD=1), this invocation's MLflow parent run, and what every
+    job's `drpo` reads from the environment: the store, the experiment, the config hash (drpo job
+    tags its MLflow run with it) and the parent run. Runs after the DAG is built, never in a dry run."""
+    import os
+
+    from drpo.tracking import start_workflow_run
+
+    if os.environ.get("DRPO_PRELOAD") == "1":
+        from drpo import preload
+
+        preload.start(log=f"{results_dir(config)}/logs/preload.log")
+    uri, experiment = config["tracking"]["uri"], config["experiment"]
+    parent = start_workflow_run(uri, experiment, config_hash, run_name=f"workflow-{config_hash}")
+    os.environ.update(DRPO_MLFLOW_URI=uri, DRPO_MLFLOW_EXPERIMENT=experiment, DRPO_CONFIG_HASH=config_hash,
+                      DRPO_MLFLOW_PARENT_RUN_ID=parent or "")
+
+
+def workflow_ended(status: str) -> None:
+    """Stop the warm interpreter and end the parent run (FINISHED or FAILED); never raises."""
+    import os
+
+    from drpo import preload
+    from drpo.tracking import end_workflow_run
+
+    preload.stop()
+    end_workflow_run(os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID", ""), status)

@@ -325,3 +325,14 @@ def test_what_the_workflow_builds_is_an_input_of_what_reads_it():
     paper = wf.validate_config(wf.load_yaml(ROOT / "config" / "paper" / "sd-turbo.yaml"))
     assert wf.dataset_inputs(paper, "pickapic_pairs") == [wf.prompt_path(paper, "pickapic_test")]
     assert wf.reward_inputs(paper, paper["rewards"]["pickscore"]) == []
+
+
+@pytest.mark.parametrize("configfile", [None, "config/paper/sd-turbo.yaml", "config/test/sdxl-turbo.yaml"])
+def test_snakemake_lint_is_clean(configfile):
+    """No variables from outside a rule in its command, a log for every rule, functions apart from rules."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    args = ["--configfile", configfile] if configfile else []
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr, \
+        (proc.stdout + proc.stderr)[-4000:]

@@ -103,7 +103,7 @@ def _marks(spec: dict | None, test_set: str, model: str, rows: list[dict]) -> li
     return [None] * len(rows)
 
 
-def _sample_grid(manifest: Path, n: int, marks_for=None) -> bytes:
+def _sample_grid(manifest: Path, n: int, marks_for=None, out: Path | None = None) -> bytes:
     from PIL import Image
 
     from drpo.grid import save_grid
@@ -116,6 +116,8 @@ def _sample_grid(manifest: Path, n: int, marks_for=None) -> bytes:
             rows.append(r)
     images = [Image.open(manifest.parent / r["image_path"]) for r in rows]
     marks = marks_for(rows) if marks_for else None
+    if out is not None:  # a file of its own too (Snakemake's report lists the grids)
+        return save_grid(out, images, [r["prompt"] for r in rows], ncols=min(4, n), cell=192, marks=marks).read_bytes()
     tmp = manifest.parent / ".report_grid.png"
     save_grid(tmp, images, [r["prompt"] for r in rows], ncols=min(4, n), cell=192, marks=marks)
     data = tmp.read_bytes()
@@ -124,7 +126,7 @@ def _sample_grid(manifest: Path, n: int, marks_for=None) -> bytes:
 
 
 def build_report(tables: str | Path, out: str | Path, samples: str | Path | None = None, n: int = 8, title: str = "drpo study",
-                 spec: dict | None = None) -> Path:
+                 spec: dict | None = None, grids: str | Path | None = None) -> Path:
     """The page: a summary (the headline table with intervals, DrPO against each baseline), every
     table by its title, the figures, and a sample grid per test set and model (labels from the collect
     spec, ✓ / ✗ per image where a checker scored it)."""
@@ -158,7 +160,8 @@ def build_report(tables: str | Path, out: str | Path, samples: str | Path | None
         for manifest in sorted(Path(samples).glob("*/*/manifest.jsonl")):
             test_set, model = manifest.parent.parent.name, manifest.parent.name
             label = f"{labels.get(model, model)} on {test_set}"
-            data = _sample_grid(manifest, n, lambda rows, ts=test_set, m=model: _marks(spec, ts, m, rows))
+            data = _sample_grid(manifest, n, lambda rows, ts=test_set, m=model: _marks(spec, ts, m, rows),
+                                Path(grids) / test_set / f"{model}.png" if grids else None)
             parts.append(f"<h3>{html.escape(label)}</h3>{_img(data, label)}")
     return write_text(out, "\n".join(parts) + "\n")
 
@@ -171,6 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default="drpo study")
     parser.add_argument("--spec", default=None, help="the collect spec (<results>/collect_spec.json): model labels, and "
                                                    "the checker metrics whose verdicts mark the sample grids")
+    parser.add_argument("--grids", default=None, help="also write each sample grid to GRIDS/<test set>/<model>.png")
     parser.add_argument("--mlflow-run", default=os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None,
                         help="also attach the report and the tables to this MLflow run (default: the workflow's "
                              "parent run, $DRPO_MLFLOW_PARENT_RUN_ID)")
@@ -184,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
         from drpo.eval.collect import read_spec
 
         spec = read_spec(args.spec)
-    path = build_report(args.tables, args.out, args.samples, args.n, args.title, spec)
+    path = build_report(args.tables, args.out, args.samples, args.n, args.title, spec, args.grids)
     print(f"wrote {path}")
     if args.mlflow_run and args.mlflow_uri:
         from drpo.tracking import open_run

@@ -1,26 +1,16 @@
 # Evaluation: sample every model on every test set, score every sample set with every metric,
 # and judge DrPO against the others pairwise.
 
-SEEDS = ",".join(map(str, config["evaluation"]["seeds"]))
-
-
-def sample_inputs(wildcards):
-    m = MODELS[wildcards.model]
-    out = {"prompts": [wf.prompt_path(config, ts) for ts in TEST_SETS], "model": model_inputs(m["model"])}
-    if m["kind"] == "run":
-        out["lora"] = f"{R}/runs/{wildcards.model}/final/training_state.json"
-    return out
-
-
 # One job per model draws every test set: the generator loads once.
 rule sample:
     input:
-        unpack(sample_inputs),
+        unpack(lambda w: wf.sample_inputs(config, w.model)),
     output:
         expand(f"{R}/samples/{{test_set}}/{{{{model}}}}/manifest.jsonl", test_set=TEST_SETS),
     params:
         args=lambda w: wf.sample_argv(config, w.model),
-        out=lambda w: [f"{R}/samples/{ts}/{w.model}" for ts in TEST_SETS],
+        out=lambda w, output: [os.path.dirname(m) for m in output],
+        seeds=",".join(map(str, config["evaluation"]["seeds"])),
     threads: THREADS
     resources:
         gpus=0,
@@ -30,16 +20,8 @@ rule sample:
         "../../envs/core.yaml"
     shell:
         job("sample", model="{wildcards.model}")
-        + "drpo sample {params.args:q} --prompts {input.prompts:q} --seeds {SEEDS} --out {params.out:q} "
+        + "drpo sample {params.args:q} --prompts {input.prompts:q} --seeds {params.seeds} --out {params.out:q} "
         "--threads {threads} --no-progress > {log:q} 2>&1"
-
-
-def score_inputs(wildcards):
-    """The model's and the references' manifests, and the reward and extractor models the workflow builds."""
-    tasks = wf.score_plan(config, wildcards.model)
-    specs = [t["reward"] for t in tasks if "reward" in t] + [{"options": t["extractor_options"]} for t in tasks if "comparison" in t]
-    manifests = sorted({t[k] for t in tasks for k in ("manifest", "reference") if k in t})
-    return {"plan": f"{R}/scores/_plans/{wildcards.model}.json", "manifests": manifests, "models": reward_inputs(specs)}
 
 
 # What one model's score job computes (every metric on its test sets, FID / distance against the
@@ -49,6 +31,8 @@ rule score_plan:
         f"{R}/scores/_plans/{{model}}.json",
     params:
         tasks=lambda w: wf.score_plan(config, w.model),
+    log:
+        f"{R}/logs/score_plan/{{model}}.log",
     run:
         wf.write_score_plan(config, wildcards.model, output[0])
 
@@ -58,7 +42,7 @@ rule score_plan:
 # written last, so per-image scores of a killed job survive for its re-run.
 rule score:
     input:
-        unpack(score_inputs),
+        unpack(lambda w: wf.score_inputs(config, w.model)),
     output:
         f"{R}/scores/_done/{{model}}.json",
     threads: THREADS

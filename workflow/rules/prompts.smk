@@ -3,14 +3,9 @@
 # file. `exclude:` names sets that must stay disjoint (a public set drops their prompts, a file errs).
 
 
-def prompt_set_excludes(wildcards):
-    spec = config["prompt_sets"][wildcards.prompt_set]
-    return [wf.prompt_path(config, name) for name in spec.get("exclude", [])]
-
-
 rule prompt_set:
     input:
-        prompt_set_excludes,
+        lambda w: wf.prompt_set_inputs(config, w.prompt_set),
     output:
         f"{R}/prompts/{{prompt_set}}.jsonl",
     params:

@@ -15,6 +15,8 @@ rule collect_spec:
         f"{R}/collect_spec.json",
     params:
         spec=wf.to_json(wf.collect_spec(config)),
+    log:
+        f"{R}/logs/collect_spec.log",
     run:
         wf.write_collect_spec(config, output[0])
 
@@ -25,10 +27,12 @@ rule collect:
         spec=rules.collect_spec.output[0],
     output:
         f"{R}/results.csv",
+    log:
+        f"{R}/logs/collect.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo collect --spec {input.spec:q} --out {output:q}"
+        "drpo collect --spec {input.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tables:
@@ -39,27 +43,41 @@ rule tables:
     output:
         index=report(f"{R}/tables/index.md", caption="../report/tables.rst", category="Tables"),
         # every configured table is a target of its own: results/tables/<name>.{csv,md,tex}
-        tables=expand(f"{R}/tables/{{name}}.{{ext}}", name=list(config.get("tables", {})), ext=["csv", "md", "tex"]),
+        tables=[report(f"{R}/tables/{name}.csv", caption="../report/table.rst", category="Tables", subcategory=name,
+                       labels={"table": name, "format": "csv"}) for name in config.get("tables", {})]
+        + expand(f"{R}/tables/{{name}}.{{ext}}", name=list(config.get("tables", {})), ext=["md", "tex"]),
+        figures=[report(png, caption="../report/figures.rst", category="Figures", labels={"figure": name})
+                 for name, png in wf.table_figures(config).items()],
     params:
-        out=f"{R}/tables",
+        out=lambda w, output: os.path.dirname(output.index),
         # reward curves of the runs that have a reward (run ids: labels may hold "=")
         curves=[f"{rid}={R}/runs/{rid}/metrics.jsonl" for rid, run in RUNS.items() if "reward" in run.spec],
+    log:
+        f"{R}/logs/tables.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo tables --results {input.results:q} --spec {input.spec:q} --out {params.out:q} --curves {params.curves:q}"
+        "drpo tables --results {input.results:q} --spec {input.spec:q} --out {params.out:q} --curves {params.curves:q} "
+        "> {log:q} 2>&1"
 
 
 rule report_html:
     input:
         index=rules.tables.output.index,
         spec=rules.collect_spec.output[0],
+        samples=[f"{R}/samples/{ts}/{m}/manifest.jsonl" for ts in TEST_SETS for m in MODELS],
     output:
-        f"{R}/report.html",
+        html=report(f"{R}/report.html", caption="../report/report.rst", category="Report", labels={"page": "report.html"}),
+        grids=[report(png, caption="../report/grids.rst", category="Samples", subcategory=ts,
+                      labels={"test set": ts, "model": MODELS[m]["label"]}) for (ts, m), png in wf.sample_grids(config).items()],
     params:
-        tables=f"{R}/tables",
-        samples=f"{R}/samples",
+        tables=lambda w, input: os.path.dirname(input.index),
+        samples=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.samples[0]))),
+        grids=lambda w, output: os.path.dirname(os.path.dirname(output.grids[0])),
+    log:
+        f"{R}/logs/report.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo report --tables {params.tables:q} --samples {params.samples:q} --spec {input.spec:q} --out {output:q}"
+        "drpo report --tables {params.tables:q} --samples {params.samples:q} --spec {input.spec:q} "
+        "--grids {params.grids:q} --out {output.html:q} > {log:q} 2>&1"

@@ -2,44 +2,20 @@
 # so a changed config re-runs exactly the runs it changes.
 
 
-def train_inputs(wildcards):
-    return run_inputs(wildcards.run)
-
-
-def timed_inputs(wildcards):
-    """What the timed runs' jobs need besides their config (models, prompts, rewards), flat."""
-    ids = [rid for rid, r in RUNS.items() if r.name in wf.timing_runs(config).values()]
-    return [f for rid in ids for k, v in run_inputs(rid).items() if k != "cfg" for f in (v if isinstance(v, list) else [v])]
-
-
-def run_inputs(run_id):
-    run = RUNS[run_id]
-    spec = run.spec
-    out = {"cfg": f"{R}/runs/{run_id}/train.yaml", "model": model_inputs(spec["model"])}
-    if "prompts" in spec:
-        out["prompts"] = wf.prompt_path(config, spec["prompts"])
-    if "reward" in spec:
-        out["reward"] = reward_inputs(config["rewards"][spec["reward"]])
-    if spec["method"] == "drpo_offline":
-        out["dataset"] = wf.dataset_path(config, spec["dataset"])
-    feature_model = wf.train_config(config, run_id).get("features", {}).get("options", {}).get("path", "")
-    if wf.built_input(config, feature_model):  # a feature map the workflow builds (the world's CLIP, a twin)
-        out["features"] = wf.built_input(config, feature_model)
-    return out
-
-
 rule train_config:
     output:
         f"{R}/runs/{{run}}/train.yaml",
     params:
         cfg=lambda w: wf.train_config(config, w.run),
+    log:
+        f"{R}/logs/train_config/{{run}}.log",
     run:
         wf.write_train_config(config, wildcards.run, output[0])
 
 
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(lambda w: wf.run_inputs(config, w.run)),
     output:
         final=f"{R}/runs/{{run}}/final/training_state.json",
         metrics=f"{R}/runs/{{run}}/metrics.jsonl",  # every logged step, also when MLflow is unreachable
@@ -72,6 +48,8 @@ rule timing_config:
         method="drpo|draft",
     params:
         cfg=lambda w: wf.timing_config(config, w.method),
+    log:
+        f"{R}/logs/timing_config/{{method}}.log",
     run:
         wf.write_timing_config(config, wildcards.method, output[0])
 
@@ -80,7 +58,7 @@ rule timing:
     input:
         drpo=f"{R}/timing/drpo.yaml",
         draft=f"{R}/timing/draft.yaml",
-        needs=timed_inputs,
+        needs=lambda w: wf.timed_inputs(config),
     output:
         f"{R}/timing/timing.json",
     params:

@@ -14,10 +14,11 @@ if config.get("twins") is not None:
 
     rule twins:
         output:
-            twin_models.outputs(config, TWINS_DIR),
+            manifest=f"{TWINS_DIR}/{twin_models.MANIFEST}",
+            files=[f for f in twin_models.outputs(config, TWINS_DIR) if f != f"{TWINS_DIR}/{twin_models.MANIFEST}"],
         params:
             names=TWIN_NAMES,
-            out=TWINS_DIR,
+            out=lambda w, output: os.path.dirname(output.manifest),
             seed=int(config["twins"].get("seed", 0)),
         log:
             f"{R}/logs/twins.log",

@@ -10,8 +10,9 @@ rule world_base:
     output:
         f"{R}/world/base/model_index.json",
     params:
-        out=f"{R}/world/base",
+        out=lambda w, output: os.path.dirname(output[0]),
         base=W.get("base", {}),
+        world=W,
     threads: 2
     resources:
         gpus=0,
@@ -21,8 +22,8 @@ rule world_base:
         "../../envs/core.yaml"
     shell:
         job("world_base") + "drpo world train-base --prompts {input:q} --out {params.out:q} "
-        "--resolution {W[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
-        "--seed {W[seed]} --threads {threads} > {log:q} 2>&1"
+        "--resolution {params.world[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
+        "--seed {params.world[seed]} --threads {threads} > {log:q} 2>&1"
 
 
 rule world_reward_model:
@@ -31,7 +32,8 @@ rule world_reward_model:
     output:
         f"{R}/world/reward_model/config.json",
     params:
-        out=f"{R}/world/reward_model",
+        out=lambda w, output: os.path.dirname(output[0]),
+        world=W,
     threads: 1
     resources:
         gpus=0,
@@ -41,7 +43,8 @@ rule world_reward_model:
         "../../envs/core.yaml"
     shell:
         job("world_reward_model") + "drpo world train-reward --prompts {input:q} --out {params.out:q} "
-        "--resolution {W[resolution]} --steps {W[reward_model_steps]} --seed {W[seed]} --threads {threads} > {log:q} 2>&1"
+        "--resolution {params.world[resolution]} --steps {params.world[reward_model_steps]} --seed {params.world[seed]} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule world_pairs:
@@ -49,10 +52,12 @@ rule world_pairs:
         f"{R}/prompts/world_train.jsonl",
     output:
         f"{R}/world/pairs/pairs.jsonl",
+    params:
+        world=W,
     log:
         f"{R}/logs/world/pairs.log",
     conda:
         "../../envs/core.yaml"
     shell:
-        "drpo world pairs --prompts {input:q} --out {output:q} --n {W[offline_pairs]} "
-        "--resolution {W[resolution]} --seed {W[seed]} > {log:q} 2>&1"
+        "drpo world pairs --prompts {input:q} --out {output:q} --n {params.world[offline_pairs]} "
+        "--resolution {params.world[resolution]} --seed {params.world[seed]} > {log:q} 2>&1"
