@@ -237,6 +237,16 @@ def test_twin_study_runs_end_to_end(name, tmp_path):
         judged = pd.read_csv(Path(results) / "tables" / "qwen3vl_preference.csv")
         assert len(judged) == len(config["evaluation"]["judge"]["against"])
     _check_mlflow(config, results)
+    if name == "sdxl-turbo":  # Snakemake's own report: every table, figure, grid and report.html, by category
+        report = Path(results) / "snakemake-report.html"
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", str(report), "--configfile",
+                               f"config/test/{name}.yaml", "--config", f"results={results}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        page = report.read_text()
+        for category in ("Tables", "Figures", "Samples", "Report"):
+            assert f'"{category}"' in page or f"{category}" in page, category
+        assert "report.html" in page and "training_curves.png" in page
 
 
 def _check_mlflow(config: dict, results: str) -> None:

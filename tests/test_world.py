@@ -16,7 +16,7 @@ from drpo.world.checker import CONCAVE_SOLIDITY, TEMPLATE_BLURS, _blurred, check
 from drpo.world.grammar import SHAPES, TAGS, all_rows, generate_prompts, prompt_text, split_prompts, vocabulary_words
 from drpo.world.judge import WorldJudge
 from drpo.world.render import PALETTE, SLOTS, SceneObject, noise_uniforms, relations, render, render_scene, shape_mask
-from drpo.world.rewards import CheckerReward, GradedCheckerReward
+from drpo.world.rewards import CheckerReward
 
 GENEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval_evaluation_metadata.jsonl"
 GENERATED = Path(__file__).resolve().parent / "data" / "world_generated"  # .png + .json: labelled base samples
@@ -321,7 +321,7 @@ def test_checker_reward_values_and_errors():
     scores = CheckerReward()(images, prompts, metas)
     assert scores.dtype == torch.float32 and scores.shape == (3,)
     assert scores.tolist() == [1.0, 1.0, 0.0]
-    graded = GradedCheckerReward()(images, prompts, metas)
+    graded = CheckerReward(graded=True)(images, prompts, metas)
     assert graded.tolist() == [1.0, 1.0, 0.0]
     half = render(_find("two_object", p="a circle and a cross"), rng)  # circle found, square missing
     g = CheckerReward(graded=True)(_batch([(other, half)]), [other["prompt"]], [{"metadata": other}])

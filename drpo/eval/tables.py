@@ -780,23 +780,6 @@ def build_all(
 # -- results rows from other outputs ------------------------------------------------------------
 
 
-def result_from_summary(summary: dict | str | os.PathLike, *, table: str, method: str, test_set: str,
-                        metric: str | None = None) -> dict:
-    """A results row from a `drpo score --summary` JSON (raw mean and CI; source = the score file)."""
-    import json
-
-    src = ""
-    if not isinstance(summary, dict):
-        src = str(summary)
-        summary = json.loads(Path(summary).read_text())
-    for k in ("metric", "mean"):
-        if k not in summary:
-            raise ValueError(f"summary {src or '(dict)'} has no {k!r}; is it a `drpo score --summary` file?")
-    return {"table": table, "method": method, "test_set": test_set, "metric": metric or summary["metric"],
-            "value": summary["mean"], "ci_low": summary.get("ci_low"), "ci_high": summary.get("ci_high"),
-            "source": summary.get("scores") or src}
-
-
 def _ci_from(summary: dict) -> tuple[float | None, float | None]:
     for key in ("preference_share_ci95", "ci", "preference_share_ci", "ci95", "bootstrap_ci"):
         ci = summary.get(key)

@@ -476,7 +476,3 @@ def read_final_lora(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(path) / "unet_lora" / "adapter_model.safetensors"))
-
-
-def run_summary(path: str | Path) -> dict:
-    return json.loads((Path(path) / "training_state.json").read_text())

@@ -44,10 +44,3 @@ class CheckerReward(Reward):
             result = check(img, metadata_row(meta, prompt))
             out.append(result.fraction if self.graded else float(result.correct))
         return torch.tensor(out, dtype=torch.float32)
-
-
-class GradedCheckerReward(CheckerReward):
-    """The graded variant under its own registry name (`world_checker_graded`)."""
-
-    def __init__(self, graded: bool = True, batch_size: int = 256, device: str | torch.device = "cpu"):
-        super().__init__(graded=graded, batch_size=batch_size, device=device)
