@@ -14,5 +14,6 @@ browser:  ## Chromium for the browser tests (report.html, the MLflow UI): Debian
 run: setup  ## set up, then rebuild every table of the embedded default config
 	DRPO_PRELOAD=1 snakemake --cores all
 
-test: setup browser  ## set up, then run the whole test suite
+test: setup browser  ## set up, then lint (ruff, pyproject.toml) and run the whole test suite
+	ruff check drpo tests
 	python -m pytest

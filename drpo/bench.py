@@ -15,7 +15,7 @@ Results (JSON + PNG) go to `results/bench/`.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import platform
 import statistics
 import tempfile
@@ -225,7 +225,7 @@ def bench_memory(args) -> dict:
             trainer = Trainer(cfg, progress=False)
             trainer.train_step(0)  # warm-up: optimizer state and allocator caches exist before measuring
             start = time.perf_counter()
-            peak = _peak_mib(lambda: trainer.train_step(1), trainer.device)
+            peak = _peak_mib(functools.partial(trainer.train_step, 1), trainer.device)
             rows.append({"gradient_checkpointing": checkpointing, "keys": keys, "peak_mib": peak, "seconds": time.perf_counter() - start})
             print(f"gradient checkpointing {'on ' if checkpointing else 'off'}: peak {peak:.0f} MiB above the loaded models, "
                   f"{rows[-1]['seconds']:.1f} s per update", flush=True)
@@ -306,7 +306,8 @@ def bench_drift(args) -> dict:
 
     rows = []
     base = dict(b=1, n=24, p=8, m=8, d=512, radii=(0.02, 0.05, 0.2))
-    grid = [("n", [24, 96, 384]), ("p", [4, 32, 128]), ("m", [4, 32, 128]), ("d", [64, 512, 4096, 81920]), ("radii", [(0.2,), (0.05, 0.2), (0.02, 0.05, 0.2)]), ("b", [1, 8, 32])]
+    grid = [("n", [24, 96, 384]), ("p", [4, 32, 128]), ("m", [4, 32, 128]), ("d", [64, 512, 4096, 81920]),
+            ("radii", [(0.2,), (0.05, 0.2), (0.02, 0.05, 0.2)]), ("b", [1, 8, 32])]
     for name, values in grid:
         for v in values:
             params = {**base, name: v}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,6 @@ def _check_references(config: dict, source: str) -> None:
 
 
 def load_config(path: str | Path) -> dict:
-    from drpo.config import load_yaml
 
     return validate_config(load_yaml(path), source=str(path))
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from drpo.hub import ModelNotFoundError
-from drpo.models.features import LAYER4_KEYS, LATENT_KEYS, _pool_flat, build_feature_map, window_stats
+from drpo.models.features import LATENT_KEYS, LAYER4_KEYS, _pool_flat, build_feature_map, window_stats
 from drpo.models.latent_mae import FORMATS, gn_groups, load_latent_mae, random_latent_mae, save_latent_mae_checkpoint
 
 ODD_LAYERS = (3, 2, 3, 1)  # not the default: exercises stage-length inference, blk outputs, projections
@@ -353,7 +353,8 @@ def dino_path(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("dino") / "dino"
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(folder)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    Dinov2Model(config).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({"crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 36}}))
     return folder
 

@@ -4,7 +4,6 @@ and asks for the GPUs of the run's own launcher."""
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import subprocess

@@ -15,6 +15,7 @@ import pytest
 
 from drpo import preload
 
+
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     """A server that imports numpy only (fast); yields its socket path, announced in the environment."""

@@ -19,7 +19,6 @@ from drpo.data import prompts as P
 from drpo.data.pickapic import build_pickapic_pairs
 
 
-
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

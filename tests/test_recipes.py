@@ -90,7 +90,8 @@ def test_vit_mae_anchors_are_features_of_their_own_masked_calls(assets, tmp_path
 @pytest.mark.parametrize("noise", [0.1, 0.0])
 def test_teacher_unet_anchors_get_fresh_input_noise(assets, tmp_path, noise):
     blocks = ["down_blocks.1", "mid_block", "up_blocks.0"]
-    trainer = trainer_for(assets, tmp_path / "teacher", model="sdxl", features={"name": "teacher_unet", "options": {"blocks": blocks, "noise": noise, "pool": 1}})
+    features = {"name": "teacher_unet", "options": {"blocks": blocks, "noise": noise, "pool": 1}}
+    trainer = trainer_for(assets, tmp_path / "teacher", model="sdxl", features=features)
     assert trainer.models.features.stochastic is (noise > 0)
     calls = record_drift_inputs(trainer)
     trainer.train_step(0)

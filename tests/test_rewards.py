@@ -256,7 +256,8 @@ def _foreign_python() -> str | None:
     """A Python without drpo, torch and Pillow (the system one here), to run the worker in."""
     for exe in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if Path(exe).is_file() and Path(exe).resolve() != Path(PY).resolve():
-            probe = subprocess.run([exe, "-c", "import importlib.util as u; print(any(u.find_spec(m) for m in ('drpo', 'torch', 'PIL')))"], capture_output=True, text=True, cwd="/")
+            probe = subprocess.run([exe, "-c", "import importlib.util as u; print(any(u.find_spec(m) for m in ('drpo', 'torch', 'PIL')))"],
+                                   capture_output=True, text=True, cwd="/")
             if probe.returncode == 0 and probe.stdout.strip() == "False":
                 return exe
     return None
@@ -268,7 +269,8 @@ def test_worker_runs_in_another_interpreter_and_scorer_errors_are_not_retried():
     try:
         assert reward.handshake["ready"] and reward.handshake["pid"] > 0  # started without drpo or torch
         pid = reward.handshake["pid"]
-        with pytest.raises(RewardError, match=r"reward brightness \(worker /.*python3\): the scorer failed: ModuleNotFoundError: No module named '(numpy|PIL)'"):
+        missing = r"the scorer failed: ModuleNotFoundError: No module named '(numpy|PIL)'"
+        with pytest.raises(RewardError, match=r"reward brightness \(worker /.*python3\): " + missing):
             reward(images(2), ["p", "q"])
         assert reward.handshake["pid"] == pid and reward._proc.alive  # answered, not restarted
     finally:
@@ -279,7 +281,8 @@ def test_worker_start_failures_are_clear():
     with pytest.raises(FileNotFoundError, match="conda env create -f envs/hpsv3.yaml"):
         build_reward({"name": "hpsv3", "options": {"python": "/nonexistent/python"}})
     # this environment has no hpsv3 package: the worker says so in its handshake
-    with pytest.raises(RewardError, match=r"reward hpsv3 \(worker .*\): cannot start: the hpsv3 scorer needs the 'hpsv3' package.*install it in its own env: conda env create -f envs/hpsv3.yaml"):
+    fix = r"install it in its own env: conda env create -f envs/hpsv3.yaml"
+    with pytest.raises(RewardError, match=r"reward hpsv3 \(worker .*\): cannot start: the hpsv3 scorer needs the 'hpsv3' package.*" + fix):
         build_reward({"name": "hpsv3"})
     with pytest.raises(RewardError, match="cannot start: the imagereward scorer needs the 'image-reward' package.*envs/imagereward.yaml"):
         build_reward({"name": "imagereward"})
@@ -318,7 +321,8 @@ def test_worker_serve_answers_errors_and_keeps_serving(tmp_path):
 
 def test_worker_keeps_library_prints_off_the_protocol():
     folder = Path(R.__file__).parent
-    code = f"import sys; sys.path.insert(0, {str(folder)!r}); import worker; out = worker._protocol_stream(); print('chatty library'); out.write('protocol\\n'); out.flush()"
+    code = (f"import sys; sys.path.insert(0, {str(folder)!r}); import worker; out = worker._protocol_stream(); "
+            "print('chatty library'); out.write('protocol\\n'); out.flush()")
     done = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "protocol\n" and "chatty library" in done.stderr
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -265,8 +265,8 @@ def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_ima
     import mlflow
     import torch
     import yaml
-    from PIL import Image
     from peft.utils import get_peft_model_state_dict
+    from PIL import Image
 
     from drpo.cli import main
     from drpo.models.tiny import build_tiny_sd_turbo

@@ -131,7 +131,8 @@ def test_a_killed_run_resumes_exactly(assets, tmp_path):
     subprocess.run([*cmd, "--resume"], env=_env(), check=True, timeout=300)
     straight = tmp_path / "straight.yaml"
     straight.write_text(yaml.safe_dump({**data, "output_dir": str(tmp_path / "straight")}))
-    subprocess.run([sys.executable, "-m", "drpo.cli", "train", "--config", str(straight), "--no-progress", "--threads", "1"], env=_env(), check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "drpo.cli", "train", "--config", str(straight), "--no-progress", "--threads", "1"],
+                   env=_env(), check=True, timeout=300)
     resumed, uninterrupted = read_final_lora(tmp_path / "killed" / "final"), read_final_lora(tmp_path / "straight" / "final")
     assert _lora_equal(resumed, uninterrupted, atol=0)
     kept = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*"))

@@ -537,13 +537,13 @@ def judge_pairs(
 # -- summary --------------------------------------------------------------------------------------
 
 
-def _rates(w: Any, l: Any, t: Any, inv: Any, n: Any) -> tuple[Any, Any]:
+def _rates(w: Any, losses: Any, t: Any, inv: Any, n: Any) -> tuple[Any, Any]:
     import numpy as np
 
-    w, l, t, inv = (np.asarray(x, dtype=float) for x in (w, l, t, inv))
+    w, losses, t, inv = (np.asarray(x, dtype=float) for x in (w, losses, t, inv))
     valid = np.asarray(n, dtype=float) - inv
     with np.errstate(invalid="ignore", divide="ignore"):
-        wr = np.where(w + l > 0, w / (w + l), np.nan)
+        wr = np.where(w + losses > 0, w / (w + losses), np.nan)
         ps = np.where(valid > 0, (w + 0.5 * t) / valid, np.nan)
     return wr, ps
 

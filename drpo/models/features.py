@@ -7,7 +7,8 @@ reaches the generator.
 
 | name | input | keys (default first) |
 |---|---|---|
-| latent_mae | SD latents | the six layer4_{mean,std}[_{2,4}]; any `{map}_{mean,std}[_{p}]`, `{map}` (spatial tokens) for map in conv1, layer{s}, layer{s}_blk{b}; `norm_x`, `input_x2_mean` |
+| latent_mae | SD latents | the six layer4_{mean,std}[_{2,4}]; any `{map}_{mean,std}[_{p}]`, `{map}` (spatial tokens) |
+|            |            | for map in conv1, layer{s}, layer{s}_blk{b}; `norm_x`, `input_x2_mean` |
 | vit_mae | pixels | layer{L}_patch_mean, layer{L}_patch_std, layer{L}_cls (L = last layer); layer{L}_concat |
 | teacher_unet | latents | one key per hooked block (pool×pool average-pooled, flattened) |
 | dinov2 | pixels | layer{3,6,9,12}_{patch_mean,patch_std,cls}; layer{L}_patch_{mean,std}_{p}, layer{L}_patch |
@@ -321,7 +322,8 @@ class DINOv2Features(FeatureMap):
 
     input_kind = "pixels"
 
-    def __init__(self, path: str | os.PathLike = "facebook/dinov2-base", layers: Sequence[int] = (3, 6, 9, 12), keys: Sequence[str] | None = None, image_size: int | None = None):
+    def __init__(self, path: str | os.PathLike = "facebook/dinov2-base", layers: Sequence[int] = (3, 6, 9, 12),
+                 keys: Sequence[str] | None = None, image_size: int | None = None):
         from transformers import Dinov2Model
 
         from drpo.hub import resolve_model

@@ -151,7 +151,6 @@ class OneStepGenerator:
         if family == "sdxl-turbo" and (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists():
             kwargs["variant"] = "fp16"  # SDXL-Turbo ships fp16 weights (METHOD.md §2.1)
         from diffusers.utils import logging as diffusers_logging
-
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()  # our own bars carry ETAs; loading bars are noise

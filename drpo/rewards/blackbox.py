@@ -49,9 +49,18 @@ from torch import Tensor
 
 from drpo.rewards import Reward, RewardError, check_scores
 from drpo.rewards.transport import (
+    IMAGE_TRANSPORTS,
     HoldsProcess,
-    IMAGE_TRANSPORTS, ImagePayload, LineProcess, Transient, child_env, dumps, parse_score_line,
-    parse_scores, retry, run_group, tail,
+    ImagePayload,
+    LineProcess,
+    Transient,
+    child_env,
+    dumps,
+    parse_score_line,
+    parse_scores,
+    retry,
+    run_group,
+    tail,
 )
 
 MODES = ("per_call", "persistent")

@@ -37,7 +37,8 @@ def _permutation(n: int, generator: torch.Generator) -> list[int]:
 class DrPO(Method):
     name = "drpo"
 
-    def drift_terms(self, feats: dict[str, Tensor], feats_ref: dict[str, Tensor], pos: dict[str, Tensor], neg: dict[str, Tensor], sets: int) -> tuple[Tensor, dict[str, float]]:
+    def drift_terms(self, feats: dict[str, Tensor], feats_ref: dict[str, Tensor], pos: dict[str, Tensor], neg: dict[str, Tensor],
+                    sets: int) -> tuple[Tensor, dict[str, float]]:
         """§1.4: L = Agg_k L_pref(k) + λ_ref · Agg_k L_ref(k), averaged over the B prompt sets."""
         d = self.cfg.drpo
         pref_terms, ref_terms, metrics = [], [], {}

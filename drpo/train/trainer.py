@@ -305,7 +305,8 @@ class Trainer:
             if hasattr(self.method, "tau"):
                 state["method"] = {"tau": self.method.tau}
             torch.save(state, tmp / "training_state.pt")
-            write_json(tmp / "training_state.json", {"step": step, "config_hash": config_hash(self.cfg), "resume_hash": resume_hash(self.cfg), "time": time.time()})
+            write_json(tmp / "training_state.json",
+                       {"step": step, "config_hash": config_hash(self.cfg), "resume_hash": resume_hash(self.cfg), "time": time.time()})
             log = self._metrics_log()
             if log is not None and log.exists():  # the log so far travels with the state it describes
                 shutil.copyfile(log, tmp / METRICS_LOG)

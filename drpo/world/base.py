@@ -36,6 +36,7 @@ from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
 
+
 @dataclass
 class BaseRecipe:
     resolution: int = 32
@@ -123,7 +124,8 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     unet, text = gen.unet.train().requires_grad_(True), gen.text_encoder.train().requires_grad_(True)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
-    tokens = gen.tokenizer([r["prompt"] for r in rows], padding="max_length", max_length=gen.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    tokens = gen.tokenizer([r["prompt"] for r in rows], padding="max_length", max_length=gen.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.regression_steps, 1), eta_min=recipe.unet_lr * 0.05)
     regression_start = time.time()
     for step in range(1, recipe.regression_steps + 1):

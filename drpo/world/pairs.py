@@ -40,7 +40,8 @@ def build_world_pairs(prompts_path: str | Path, out: str | Path, *, n: int = 200
         stem = f"images/{i:05d}"
         save_image(out.parent / f"{stem}_chosen.png", Image.fromarray(chosen))
         save_image(out.parent / f"{stem}_rejected.png", Image.fromarray(rejected))
-        pairs.append({"prompt": row["prompt"], "prompt_id": row.get("prompt_id", i), "chosen": f"{stem}_chosen.png", "rejected": f"{stem}_rejected.png", "tag": row["tag"]})
+        pairs.append({"prompt": row["prompt"], "prompt_id": row.get("prompt_id", i), "chosen": f"{stem}_chosen.png",
+                      "rejected": f"{stem}_rejected.png", "tag": row["tag"]})
     if not pairs:
         raise ValueError(f"{prompts_path}: no preference pairs could be built")
     return write_jsonl(out, pairs)

@@ -36,7 +36,8 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def train_reward_model(prompts_path: str | Path, out: str | Path, *, steps: int = 300, batch: int = 64, resolution: int = 32, seed: int = 0, lr: float = 1e-3, log=print) -> Path:
+def train_reward_model(prompts_path: str | Path, out: str | Path, *, steps: int = 300, batch: int = 64, resolution: int = 32,
+                       seed: int = 0, lr: float = 1e-3, log=print) -> Path:
     from drpo.models.tiny import build_tiny_clip
     from drpo.train.data import load_prompt_rows
 
