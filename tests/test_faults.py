@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import link
 
 from drpo.cli import main
 
@@ -37,12 +38,10 @@ TRAIN = {
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, tiny_sd_turbo):
     """A tiny SD-Turbo, prompts, a finished 3-update run with a checkpoint per update, and samples."""
-    from drpo.models.tiny import build_tiny_sd_turbo
-
     root = tmp_path_factory.mktemp("faults")
-    build_tiny_sd_turbo(root / "model")
+    link(tiny_sd_turbo, root / "model")
     (root / "prompts.txt").write_text("a red circle\na blue square\ntwo green triangles\n")
     cfg = dict(TRAIN, model={"path": str(root / "model")}, prompts={"path": str(root / "prompts.txt")},
                output_dir=str(root / "run"))

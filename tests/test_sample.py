@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import link
 
 from drpo.eval.sample import SamplerSettings, latent_seed, load_manifest, merge_shards, sample
 from drpo.io import read_jsonl
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from drpo.models.tiny import build_tiny_sd_turbo
-
+def setup(tmp_path_factory, tiny_sd_turbo):
     root = tmp_path_factory.mktemp("sample")
-    build_tiny_sd_turbo(root / "model")
+    link(tiny_sd_turbo, root / "model")
     (root / "prompts.jsonl").write_text(
         "".join(json.dumps({"prompt": p, "prompt_id": i, "tag": "t"}) + "\n" for i, p in enumerate(["a red circle", "a blue square", "two cats"]))
     )

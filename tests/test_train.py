@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import link
 
 from drpo.rewards import RewardError
 from drpo.train.config import train_config_from_dict
@@ -23,12 +24,10 @@ PROMPTS = ["a photo of a red circle", "a photo of a blue square", "a photo of tw
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from drpo.models.tiny import build_tiny_clip, build_tiny_sd_turbo
-
+def assets(tmp_path_factory, tiny_sd_turbo, tiny_clip):
     root = tmp_path_factory.mktemp("train")
-    build_tiny_sd_turbo(root / "model")
-    build_tiny_clip(root / "clip")
+    link(tiny_sd_turbo, root / "model")
+    link(tiny_clip, root / "clip")
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     return root
 

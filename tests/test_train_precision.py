@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from conftest import link
 
 from drpo.train.base import Method
 from drpo.train.config import train_config_from_dict
@@ -14,11 +15,9 @@ from drpo.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from drpo.models.tiny import build_tiny_sd_turbo
-
+def assets(tmp_path_factory, tiny_sd_turbo):
     root = tmp_path_factory.mktemp("precision")
-    build_tiny_sd_turbo(root / "model")
+    link(tiny_sd_turbo, root / "model")
     (root / "prompts.txt").write_text("a photo of a cat\na photo of a dog\n")
     return root
 
