@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"  # a SQLite store's artifacts: <db folder>/mlartifacts/<experiment>
 # the MLflow UI opens an experiment of this kind on its training runs (not the GenAI overview)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PARENT_ENV = "DRPO_MLFLOW_PARENT_RUN_ID"  # set by the workflow's onstart
@@ -167,9 +168,47 @@ def _client(uri: str):
 
     _prepare_env(uri)
     with _store_lock(uri):  # the constructor builds the store, which creates the schema if missing
+        db = sqlite_path(uri)
+        if db is not None:
+            follow_moved_store(db)
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     return client
+
+
+# where each table of MLflow's SQLite schema keeps an artifact location
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+                     ("model_versions", "source"), ("model_versions", "storage_location"))
+
+
+def follow_moved_store(db: Path) -> int:
+    """A SQLite store in a folder that moved (results copied to another disk, renamed) still names
+    the old folder in every artifact location. drpo keeps artifacts beside the database
+    (`<folder>/mlartifacts/<experiment>`), so each such location is pointed at this folder's
+    `mlartifacts/`: images, tables and registered models open again. The number of rewrites."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    here = (db.parent.resolve() / ARTIFACTS_DIR).as_uri() + "/"
+    marker = f"/{ARTIFACTS_DIR}/"
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        try:
+            locations = [row[0] for row in con.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.OperationalError:  # not an MLflow store yet
+            return 0
+        olds = {loc[: loc.index(marker) + len(marker)] for loc in locations
+                if loc and loc.startswith("file://") and marker in loc and not loc.startswith(here)}
+        for old in olds:
+            for table, column in _LOCATION_COLUMNS:
+                try:
+                    cur = con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                                      (here, len(old) + 1, len(old), old))
+                except sqlite3.OperationalError:  # a table this MLflow version does not have
+                    continue
+                changed += cur.rowcount
+    return changed
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -179,7 +218,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
         return None  # a tracking server decides (proxied artifacts)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_")[:60] or "experiment"
     digest = hashlib.sha256(experiment.encode()).hexdigest()[:8]
-    return (path.parent / "mlartifacts" / f"{slug}-{digest}").as_uri()
+    return (path.parent.resolve() / ARTIFACTS_DIR / f"{slug}-{digest}").as_uri()
 
 
 def _ensure_experiment(client, uri: str, name: str) -> str:

@@ -366,3 +366,28 @@ def test_progress_durations_and_eta():
 
     assert [duration(s) for s in (0, 12.4, 245, 3723)] == ["0s", "12s", "4m05s", "1h02m03s"]
     assert rate_and_eta(40, 200, 100.0) == "2.5 s/step, ETA 6m40s"
+
+
+def test_a_moved_results_folder_keeps_its_artifacts(tmp_path, monkeypatch):
+    """Artifacts live beside the SQLite database; after the folder moves (another disk, a rename)
+    every artifact location follows it, so files, images and registered models open again."""
+    old = tmp_path / "old" / "results"
+    uri = f"sqlite:///{old}/mlflow.db"
+    cfg = train_config_from_dict({"output_dir": str(tmp_path / "run"), "tracking": {"uri": uri, "experiment": "moves", "system_metrics": 0}})
+    tr = tracking.training_tracker(cfg)
+    (tmp_path / "note.txt").write_text("kept")
+    tr.log_artifact(tmp_path / "note.txt", "notes")
+    tr.close()
+    c = client(uri)
+    c.create_registered_model("moved-model")
+    c.create_model_version("moved-model", f"{c.get_run(tr.run_id).info.artifact_uri}/notes", run_id=tr.run_id)
+    new = tmp_path / "elsewhere" / "results"
+    new.parent.mkdir()
+    old.rename(new)
+    moved = f"sqlite:///{new}/mlflow.db"
+    c = tracking._client(moved)  # how every drpo command opens a store
+    run = c.get_run(tr.run_id)
+    assert run.info.artifact_uri.startswith((new / "mlartifacts").resolve().as_uri())
+    assert Path(c.download_artifacts(tr.run_id, "notes/note.txt", str(tmp_path))).read_text() == "kept"
+    assert c.get_model_version("moved-model", "1").source.startswith((new / "mlartifacts").resolve().as_uri())
+    assert tracking.follow_moved_store(new / "mlflow.db") == 0  # once is enough
