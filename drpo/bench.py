@@ -241,6 +241,69 @@ def bench_memory(args) -> dict:
     return result
 
 
+def bench_sample(args) -> dict:
+    """`drpo sample`'s images per second against a plain diffusers loop (the pipeline called on the
+    same batches, each image saved as PNG), on the same model, prompts, seeds and batch size; the two
+    alternate A B A B after a warm-up, each repeat drawing every image afresh."""
+    import shutil as _shutil
+
+    from diffusers import AutoPipelineForText2Image
+
+    from drpo.eval.sample import SamplerSettings, latent_seed, sample
+    from drpo.models.tiny import build_tiny_sd_turbo
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = Path(args.model) if args.model else build_tiny_sd_turbo(tmp / "model", resolution=64)
+        prompts = [f"a photo of {i % 4 + 1} red circles left of a blue square" for i in range(args.images)]
+        (tmp / "prompts.txt").write_text("\n".join(prompts) + "\n")
+        loaded: dict = {}
+        pipe = AutoPipelineForText2Image.from_pretrained(str(model))
+        pipe.set_progress_bar_config(disable=True)
+
+        def ours(i: int) -> float:
+            target = tmp / f"ours{i}"
+            start = time.perf_counter()
+            sample(tmp / "prompts.txt", target, SamplerSettings(model=str(model)), [42], batch_size=args.batch_size,
+                   progress=False, loaded=loaded)
+            seconds = time.perf_counter() - start
+            _shutil.rmtree(target)
+            return seconds
+
+        def plain(i: int) -> float:
+            target = tmp / f"plain{i}"
+            target.mkdir()
+            start = time.perf_counter()
+            for b in range(0, len(prompts), args.batch_size):
+                batch = prompts[b:b + args.batch_size]
+                gens = [torch.Generator("cpu").manual_seed(latent_seed(42, b + j)) for j in range(len(batch))]
+                images = pipe(batch, num_inference_steps=1, guidance_scale=0.0, generator=gens).images
+                for j, image in enumerate(images):
+                    image.save(target / f"{b + j:06d}.png")
+            seconds = time.perf_counter() - start
+            _shutil.rmtree(target)
+            return seconds
+
+        ours(-1), plain(-1)  # warm-up: the model loaded, allocator caches filled
+        pairs = []
+        for i in range(args.repeats):
+            a, b = (ours(i), plain(i)) if i % 2 == 0 else tuple(reversed((plain(i), ours(i))))
+            pairs.append((a, b))
+    ratio = sorted(b / a for a, b in pairs)  # > 1: drpo sample is faster
+    med = statistics.median
+    result = {"benchmark": "sample", "images": args.images, "batch_size": args.batch_size, "repeats": args.repeats,
+              "drpo_sample_s": med(a for a, _ in pairs), "diffusers_loop_s": med(b for _, b in pairs),
+              "drpo_images_per_s": args.images / med(a for a, _ in pairs), "diffusers_images_per_s": args.images / med(b for _, b in pairs),
+              "speed_ratio": {"median": med(ratio), "min": ratio[0], "max": ratio[-1]}, **_machine()}
+    print(f"drpo sample {result['drpo_images_per_s']:.1f} images/s, diffusers pipeline loop {result['diffusers_images_per_s']:.1f} "
+          f"images/s ({args.images} images, batch {args.batch_size}, medians of {args.repeats} interleaved pairs): drpo sample is "
+          f"{med(ratio):.2f}× the loop's speed (pairs {ratio[0]:.2f}–{ratio[-1]:.2f})", flush=True)
+    write_json(out / "sample.json", result)
+    return result
+
+
 def _plot_update(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -437,6 +500,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup", type=int, default=1, help="untimed updates of each method first")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--out", required=True, help="the JSON file to write")
+    sp = sub.add_parser("sample", help="drpo sample's images/s against a plain diffusers pipeline loop on the same model",
+                        description="drpo sample and a loop of diffusers pipeline calls (same model, prompts, seeds, batch size, "
+                                    "PNGs written) alternate after a warm-up; prints both throughputs and their ratio.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sp.add_argument("--model", default=None, help="a one-step diffusers folder (default: a tiny SD-Turbo twin at 64 px)")
+    sp.add_argument("--images", type=int, default=64, help="images per repeat")
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--repeats", type=int, default=6, help="timed pairs, interleaved")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--out", default="results/bench")
     d = sub.add_parser("drift", help="time of the drift field across N, D, radii and batched prompts",
                        description="Time and peak memory of one drift field (forward + backward) as N, P, M, D, the radii "
                                    "and the number of batched prompt sets vary.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -445,6 +518,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    {"update": bench_update, "memory": bench_memory, "timing": bench_timing, "drift": bench_drift}[args.bench](args)
+    {"update": bench_update, "memory": bench_memory, "timing": bench_timing, "drift": bench_drift,
+     "sample": bench_sample}[args.bench](args)
     print(f"wrote {args.out}")
     return 0

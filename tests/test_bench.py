@@ -58,3 +58,40 @@ def test_bench_update_interleaves_pairs_and_accounts_for_drpos_floor(tmp_path):
     line = proc.stdout.splitlines()[0]
     assert ("pairs" in line) if row["stable"] else ("no headline" in line)
     assert "left over beyond its floor" in line
+
+
+def test_bench_sample_times_drpo_sample_beside_a_plain_diffusers_loop(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([str(Path(sys.executable).with_name("drpo")), "bench", "sample", "--images", "4", "--batch-size", "2",
+                           "--repeats", "2", "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "sample.json").read_text())
+    assert result["images"] == 4 and result["batch_size"] == 2 and result["repeats"] == 2
+    assert result["drpo_images_per_s"] > 0 and result["diffusers_images_per_s"] > 0
+    r = result["speed_ratio"]
+    assert r["min"] <= r["median"] <= r["max"] and "images/s" in proc.stdout
+
+
+def test_drpo_score_calls_the_reward_once_per_batch(tmp_path):
+    """A black-box reward pays per call: `drpo score` hands it whole batches, not one image at a time."""
+    import torch
+    from PIL import Image
+
+    from drpo.eval.metrics import score_manifest
+    from drpo.io import write_jsonl
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(10):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "images" / f"{i}.png")
+        rows.append({"prompt_id": i, "seed": 42, "prompt": f"p{i}", "image_path": f"images/{i}.png"})
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", rows)
+    calls = []
+
+    def reward(images, prompts, metadata=None):
+        calls.append(len(prompts))
+        return images.float().mean(dim=(1, 2, 3))
+
+    df = score_manifest(manifest, reward, tmp_path / "scores.parquet", batch_size=4, metric="red")
+    assert calls == [4, 4, 2] and len(df) == 10
+    assert df.sort_values("prompt_id")["score"].tolist() == [torch.tensor(i / 3.0).item() for i in range(10)]
