@@ -226,8 +226,11 @@ def main_table(results, name: str, paper: str | None = None, spec: dict | None =
         grad = _text_cell(sub, name, paper, k, "reward_grad", info.reward_grad if info else None, "uses reward gradients")
         cells.append([steps, grad] + [_metric_cell(sub, name, paper, k, m, ts) for ts, m in cols])
     title = _PAPER_TITLES[paper] if paper else _title(name)
+    # the note says only what the columns use (a world table has neither PickScore nor ImageReward)
+    notes = [note for metric, note in (("pickscore", "PS = PickScore×100"), ("imagereward", "IR = ImageReward×10"))
+             if any(m == metric for _, m in cols)]
     return Table(
-        name=name, title=f"{title} (PS = PickScore×100, IR = ImageReward×10)", row_header="Method",
+        name=name, title=f"{title} ({', '.join(notes)})" if notes else title, row_header="Method",
         rows=[P.row_label(paper, k) for k in keys],
         columns=["Steps", "Reward grad"] + [_MAIN_HEADERS.get(m, m) for _, m in cols],
         groups=["", ""] + [P.TEST_SETS.get(ts, ts) for ts, _ in cols], cells=cells,
