@@ -557,6 +557,8 @@ def training_tracker(cfg) -> Tracker:
         metrics_path=out / "metrics.jsonl",
         existing_run_id=run_id,
     )
+    if run_id:  # `drpo job` named its run after the rule ("train[run=drpo-s42]"): the Compare view shows the run's own name
+        tracker.set_tags({"mlflow.runName": cfg.tracking.run_name or out.name})
     tracker.start_system_metrics(cfg.tracking.system_metrics)
     return tracker
 

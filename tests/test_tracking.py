@@ -119,6 +119,7 @@ def test_training_under_parent_and_inside_job_run(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED" and run.data.metrics["loss"] == 1.0
     assert run.data.params["method"] == "drpo" and run.data.tags["rule"] == "train"
     assert run.data.tags["wildcard.run"] == "b" and json.loads(run.data.tags["wildcards"]) == {"run": "b"}
+    assert run.info.run_name == "b"  # the run's own name in the UI, not the job's "train[run=b]"
     with pytest.raises(RuntimeError):
         with tracking.job_run(uri, "wf", parent, "evaluate", {}, "cfghash") as failing:
             raise RuntimeError("job failed")

@@ -77,8 +77,8 @@ def summary(tables: Path, name: str) -> str:
                 scale = float(a.value) / a.raw if a.raw else 1.0  # display units, as in the table
                 diff = (a.raw - b.raw) * scale
                 apart = pd.notna(a.ci_low) and pd.notna(b.ci_high) and (a.ci_low > b.ci_high or a.ci_high < b.ci_low)
-                kind = "better" if diff > 0 else "worse"
-                cells.append(f"<td class={kind}>{diff:+.3g}{' *' if apart else ''}</td>")
+                kind = " class=better" if diff > 0 else " class=worse" if diff < 0 else ""
+                cells.append(f"<td{kind}>{diff:+.3g}{' *' if apart else ''}</td>")
             lines.append(f"<tr><td>{html.escape(str(ours))} − {html.escape(str(other))}</td>{''.join(cells)}</tr>")
         parts += [f"<h3>{html.escape(str(ours))} against each baseline</h3>",
                   "<p class=note>Difference in the table's units (higher is better unless the column says otherwise, "
@@ -135,10 +135,14 @@ def build_report(tables: str | Path, out: str | Path, samples: str | Path | None
     order = _table_order(tables)
     if not order:
         raise FileNotFoundError(f"--tables {tables}: holds no table (.csv); write them with `drpo tables`")
+    configured = (spec or {}).get("tables") or {}
+    order = [t for t in configured if t in order] + [t for t in order if t not in configured]  # the config's order
     labels = {m: info.get("label", m) for m, info in (spec or {}).get("models", {}).items()}
     parts = [f"<!doctype html><meta charset='utf-8'><meta name=viewport content='width=device-width'>"
              f"<title>{html.escape(title)}</title><style>{STYLE}</style>", f"<h1>{html.escape(title)}</h1>"]
-    headline = next((t for t in order if (tables / f"{t}.sources.csv").exists()), None)
+    # the headline: the first table of methods × metrics (not a per-task, preference or timing table)
+    headline = next((t for t in order if (tables / f"{t}.sources.csv").exists()
+                     and configured.get(t, {}).get("builder") not in ("geneval", "preference", "timing")), None)
     if headline:
         parts.append(summary(tables, headline))
     frames = {name: pd.read_csv(tables / f"{name}.csv", keep_default_na=False) for name in order}

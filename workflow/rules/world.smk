@@ -13,7 +13,8 @@ rule world_base:
         out=lambda w, output: os.path.dirname(output[0]),
         base=W.get("base", {}),
         world=W,
-    threads: 2
+    # on 2 cores one thread, beside the reward model's one (the two world models train side by side); else 2
+    threads: lambda wildcards: max(1, min(2, (workflow.cores or 2) - 1))
     resources:
         gpus=0,
     log:
