@@ -5,28 +5,17 @@ compared; the Compare view then shows DrPO against each baseline on the test set
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_server
 
 from drpo import tracking
 from drpo.cli import main
 from drpo.train.config import train_config_from_dict
 
 MODELS = {"base": ("Shapes-Turbo base", 0.55), "dpo-s42": ("DPO 1step", 0.58), "drpo-s42": ("DrPO", 0.70)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _study_store(root: Path) -> str:
@@ -58,19 +47,7 @@ def test_the_readme_compare_recipe_works_in_a_real_browser(tmp_path, monkeypatch
         pytest.skip("no Chromium: `make test` installs Debian's chromium (apt-get install chromium)")
     monkeypatch.chdir(tmp_path)
     uri = _study_store(tmp_path)
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(tmp_path / "server.log", "w")
-    # the README's command, on a free port
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
-                               "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while tracking.probe(base) is not None:
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-            time.sleep(0.25)
+    with mlflow_server(uri, tmp_path) as base:  # the README's command, on a free port
         experiment = tracking._client(uri).get_experiment_by_name("drpo-shapes").experiment_id
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -91,13 +68,6 @@ def test_the_readme_compare_recipe_works_in_a_real_browser(tmp_path, monkeypatch
                                       .map(c => c.innerText.trim()))""")
             text = page.inner_text("body")
             browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
     names = next(r for r in rows if r and r[0].startswith("Run Name"))[1:]
     # the metrics section: the metric names (a virtualized grid), then their values row by row, a run per column
     section = text[text.rindex("Metrics"):text.index("Artifacts", text.rindex("Metrics"))].split("\n")[1:]
