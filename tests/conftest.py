@@ -37,7 +37,9 @@ def tiny_clip(tmp_path_factory) -> Path:
     """A tiny CLIPModel with its processor (a PickScore / CLIP feature twin)."""
     from drpo.models.tiny import build_tiny_clip
 
-    return build_tiny_clip(tmp_path_factory.mktemp("twins") / "clip")
+    folder = tmp_path_factory.mktemp("twins") / "clip"
+    build_tiny_clip(folder)  # returns (model, processor); the fixture hands out the folder
+    return folder
 
 
 def link(twin: Path, folder: Path) -> Path:

@@ -310,12 +310,13 @@ def test_grid_png_has_one_cell_per_image_with_captions(tmp_path):
     grid = Image.open(path)
     assert path.exists() and grid.format == "PNG" and not list(path.parent.glob(".grid.png*"))
     width, height = grid.size
-    assert width == 3 * 64 and height % 2 == 0 and height > 2 * 64  # 2 rows, text under each
+    gap = 4  # white space between cells
+    assert width == 3 * (64 + gap) and height % 2 == 0 and height > 2 * (64 + gap)  # 2 rows, text under each
     row_h = height // 2
-    assert grid.getpixel((32, 32)) == (255, 0, 0) and grid.getpixel((64 + 32, 32)) == (0, 128, 0)
-    assert grid.getpixel((32, row_h + 32)) == (255, 255, 255) and grid.getpixel((64 + 32, row_h + 32)) == (0, 0, 0)
+    assert grid.getpixel((32, 32)) == (255, 0, 0) and grid.getpixel((64 + gap + 32, 32)) == (0, 128, 0)
+    assert grid.getpixel((32, row_h + 32)) == (255, 255, 255) and grid.getpixel((64 + gap + 32, row_h + 32)) == (0, 0, 0)
     dark = sum(1 for x in range(64) for y in range(64, row_h) if grid.getpixel((x, y))[0] < 128)
     assert dark > 20  # the caption was drawn
-    assert Image.open(save_grid(tmp_path / "g2.png", images[:2], captions[:2])).size[0] == 2 * 128
+    assert Image.open(save_grid(tmp_path / "g2.png", images[:2], captions[:2])).size[0] == 2 * (160 + gap)
     with pytest.raises(ValueError, match="captions"):
         save_grid(tmp_path / "bad.png", images, captions[:2])
