@@ -58,7 +58,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == command:  # only the chosen command's module is imported
             importlib.import_module(module).add_arguments(p)
+            _inherit_formatter(p)
     return parser
+
+
+def _inherit_formatter(parser: argparse.ArgumentParser) -> None:
+    """Sub-subcommands (`drpo world ship`) show their defaults too: argparse gives them its own formatter."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.formatter_class = parser.formatter_class
+                _inherit_formatter(child)
 
 
 def main(argv: list[str] | None = None) -> int:

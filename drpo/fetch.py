@@ -34,7 +34,6 @@ _HF_OFFLINE_AT_IMPORT = _UNKNOWN if "drpo.hub" in sys.modules else os.environ.ge
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import fnmatch  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
@@ -43,6 +42,7 @@ from pathlib import Path  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 from drpo.errors import UserError  # noqa: E402
+from drpo.io import sha256_file  # noqa: E402  (re-exported: drpo.fetch.sha256_file)
 
 # -- what is known about each item ----------------------------------------------------------------
 
@@ -605,14 +605,6 @@ class HTTPStatusError(DownloadError):
 
 class ChecksumMismatch(DownloadError):
     """A downloaded file whose sha256 is not the published one (nothing is left behind)."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_url(

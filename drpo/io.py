@@ -34,6 +34,25 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def fresh_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside `path` (`.<name>.tmp`); when the block succeeds it replaces
+    `path` whole, so a reader sees the old folder or the new one, never half of one. On an
+    exception it is removed and `path` is untouched."""
+    import shutil
+
+    path = Path(path)
+    work = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(work, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -46,6 +65,17 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -146,7 +146,7 @@ def _check_references(config: dict, source: str) -> None:
 
 
 def load_config(path: str | Path) -> dict:
-
+    """A workflow config file, validated against the schema (defaults filled in)."""
     return validate_config(load_yaml(path), source=str(path))
 
 

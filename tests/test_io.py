@@ -28,3 +28,20 @@ def test_jsonl_round_trip_and_bad_line_names_file_and_line(tmp_path):
     path.write_text(path.read_text() + "{oops\n")
     with pytest.raises(ValueError, match=r"p\.jsonl:3"):
         read_jsonl(path)
+
+
+def test_fresh_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    from drpo.io import fresh_dir
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with fresh_dir(out) as work:
+            (work / "half.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (out / "old.txt").read_text() == "old"
+    with fresh_dir(out) as work:
+        assert work.name == ".model.tmp" and not list(work.iterdir())
+        (work / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from drpo.io import atomic_path, read_text, write_json
+from drpo.io import atomic_path, read_text, sha256_file, write_json
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,6 @@ DOWNLOAD_TIMEOUT_S = (10, 60)  # connect, read
 
 class ChecksumError(ValueError):
     """A prompt file whose bytes are not the published ones."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | Path, source: PromptSource) -> str:

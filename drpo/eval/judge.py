@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from PIL import Image
 
 from drpo.io import read_jsonl
+from drpo.shards import parse_shard  # noqa: F401  (drpo.eval.judge.parse_shard)
 
 ORDER_SALT = "qwen3vl_pairwise_v1"
 WINNERS = ("A", "B", "tie", "invalid")
@@ -300,21 +301,6 @@ def _load_rows(path: Path) -> dict[tuple[int, int], dict]:
 def default_label(manifest: Path) -> str:
     """A method label from the manifest's location: its folder name."""
     return manifest.resolve().parent.name or str(manifest)
-
-
-def parse_shard(shard: str | Sequence[int] | None) -> tuple[int, int] | None:
-    if shard is None:
-        return None
-    if isinstance(shard, str):
-        try:
-            i, n = (int(x) for x in shard.split("/"))
-        except ValueError:
-            raise ValueError(f"shard {shard!r}: expected I/N, e.g. 0/4") from None
-    else:
-        i, n = (int(x) for x in shard)
-    if not 0 <= i < n:
-        raise ValueError(f"shard {i}/{n}: need 0 <= I < N")
-    return i, n
 
 
 def pair_manifests(

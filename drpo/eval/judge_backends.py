@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from drpo.devices import resolve_device
 from drpo.eval.judge import Judgement, build_messages, judge_instructions, parse_judgement
 from drpo.hub import resolve_model
 
@@ -119,8 +120,7 @@ class QwenVLJudge:
 
         folder = resolve_model(path, what="Qwen3-VL judge")
         self.model_id = str(path)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device))
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"dtype {dtype!r} is not a torch dtype name (float32, bfloat16, float16)")

@@ -12,17 +12,7 @@ from __future__ import annotations
 import argparse
 
 from drpo.io import write_json
-
-
-def _shard(text: str) -> tuple[int, int]:
-    from drpo.eval.judge import parse_shard
-
-    try:
-        result = parse_shard(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    assert result is not None
-    return result
+from drpo.shards import shard_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hashed: one judgement, order from a hash of the pair; both: two, a win only when both agree")
     parser.add_argument("--max-pairs", type=int, default=None)
     parser.add_argument("--shuffle-seed", type=int, default=123)
-    parser.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="judge every N-th pair starting at I")
+    parser.add_argument("--shard", type=shard_arg, default=None, metavar="I/N", help="judge every N-th pair starting at I")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--merge", nargs="+", metavar="JSONL", help="only summarize these judgement files (shards) into --summary")
     parser.add_argument("--no-progress", action="store_true")

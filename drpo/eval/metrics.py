@@ -15,7 +15,6 @@ that was resampled after scoring is scored again on the next run).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -169,14 +168,6 @@ def iter_image_batches(rows: Sequence[dict], batch_size: int) -> Iterator[tuple[
             by_shape.setdefault(tuple(im.shape), []).append(i)
         for idx in by_shape.values():
             yield [chunk[i] for i in idx], torch.stack([images[i] for i in idx])
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- per-image scores ---------------------------------------------------------------------------

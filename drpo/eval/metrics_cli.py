@@ -21,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from drpo.devices import resolve_device
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="manifest.jsonl written by `drpo sample`")
@@ -61,22 +63,14 @@ def _json_arg(text: str, flag: str) -> dict:
 
 
 def _provenance(manifest: str) -> dict:
-    from drpo.eval.metrics import file_sha256
+    from drpo.io import sha256_file
 
     path = Path(manifest)
-    out = {"manifest": str(path.resolve()), "manifest_sha256": file_sha256(path)}
+    out = {"manifest": str(path.resolve()), "manifest_sha256": sha256_file(path)}
     stamp = path.parent / "sampler.json"
     if stamp.exists():
         out["sampler"] = json.loads(stamp.read_text())
     return out
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def reward_summary(manifest: str, reward, spec: dict, out: str | Path, metric: str, *, batch_size: int = 32,
@@ -158,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = str(resolve_device(args.device))
     if args.plan:
         written = run_plan(args.plan, device=device, batch_size=args.batch_size, bootstrap=args.bootstrap, seed=args.seed,
                            progress=not args.no_progress, cache=not args.no_cache)

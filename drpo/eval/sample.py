@@ -16,13 +16,10 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from drpo.devices import resolve_device
 from drpo.io import read_jsonl, write_json, write_jsonl
-
-LATENT_SEED_STRIDE = 1_000_000
-
-
-def latent_seed(seed: int, prompt_id: int) -> int:
-    return seed * LATENT_SEED_STRIDE + int(prompt_id)
+from drpo.models.seeds import latent_seed
+from drpo.shards import shard_arg
 
 
 @dataclass
@@ -251,16 +248,6 @@ def load_manifest(path: str | Path) -> list[dict]:
 # -- CLI ----------------------------------------------------------------------------------------
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
-    return i, n
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="generator: local diffusers folder or Hugging Face id (offline cache)")
     parser.add_argument("--family", choices=["sd-turbo", "sdxl-turbo"], help="default: from model_index.json")
@@ -278,7 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
     parser.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     parser.add_argument("--batch-size", type=int, default=4, help="images per generator call")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N", help="sample every N-th image starting at I (default: all, 0/1)")
+    parser.add_argument("--shard", type=shard_arg, default=(0, 1), metavar="I/N", help="sample every N-th image starting at I (default: all, 0/1)")
     parser.add_argument("--merge", action="store_true", help="only merge shard manifests in --out into manifest.jsonl")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -300,7 +287,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = str(resolve_device(args.device))
     if args.multi_step:
         settings = SamplerSettings(
             model=args.model, model_type="multi_step", num_inference_steps=args.steps or 50,

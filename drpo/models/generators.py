@@ -24,7 +24,6 @@ import copy
 import inspect
 import json
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 
 from drpo.hub import resolve_model
+from drpo.io import fresh_dir
 
 # √ᾱ and √(1−ᾱ) of SD-2.1's scaled-linear schedule at t = 999 and t = 0 (METHOD.md §2.1).
 SQRT_ALPHA_T, SQRT_ONE_MINUS_ALPHA_T = 0.0683, 0.9977
@@ -430,16 +430,13 @@ class OneStepGenerator:
         unet = copy.deepcopy(self.unet)
         clone = replace_unet(self, unet)
         clone.fuse_lora()
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         # keep the pipeline's own settings (requires_safety_checker, force_zeros_for_empty_prompt, ...)
         accepted = inspect.signature(type(self.pipe).__init__).parameters
         components = self.pipe.components
         settings = {k: v for k, v in self.pipe.config.items() if k in accepted and k not in components}
         pipe = type(self.pipe)(**{**components, "unet": clone.unet}, **settings)
-        pipe.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        with fresh_dir(folder) as tmp:
+            pipe.save_pretrained(tmp)
         return folder
 
 

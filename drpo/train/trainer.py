@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from drpo.config import config_hash, to_dict
+from drpo.devices import resolve_device
 from drpo.errors import UserError, corrupt_file
 from drpo.io import atomic_path, write_json
+from drpo.models.seeds import latent_seed
 from drpo.train.base import Method, Models
 from drpo.train.config import TrainConfig
 from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed, torch_generator
@@ -42,12 +44,6 @@ GRADIENT_THROUGH_REWARD = {"draft", "vggflow"}
 class TrainingDiverged(ValueError):
     """Non-finite loss or gradients that loss scaling cannot explain: the run stops before the update
     reaches the weights, so its last checkpoint stays the last good model and no final/ is written."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_models(cfg: TrainConfig, device: torch.device) -> Models:
@@ -397,7 +393,7 @@ class Trainer:
             return None
         with torch.no_grad():
             embeds = self.gen.encode_prompts([r["prompt"] for r in rows])
-            noise = self.gen.noise_for_seeds([self.cfg.seed * 1_000_000 + i for i in range(len(rows))])
+            noise = self.gen.noise_for_seeds([latent_seed(self.cfg.seed, i) for i in range(len(rows))])
             images = self.gen.to_pil(self.gen.decode(self.gen.generate(noise, embeds)))
         path = self.out / "samples" / f"step_{step:06d}.png"
         save_grid(path, images, [r["prompt"] for r in rows])
