@@ -2,7 +2,7 @@
 VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test browser
+.PHONY: setup run test browser world-models world-models-check
 setup:
 	@bash envs/install.sh
 
@@ -17,3 +17,9 @@ run: setup  ## set up, then rebuild every table of the embedded default config
 test: setup browser  ## set up, then lint (ruff, pyproject.toml) and run the whole test suite
 	ruff check drpo tests
 	python -m pytest
+
+world-models: setup  ## rebuild the shipped world base and reward model (drpo/world/shipped) from config/config.yaml, ~10 min on 2 cores
+	drpo world ship --config config/config.yaml
+
+world-models-check: setup  ## rebuild them in a temporary folder; fails unless every file is byte-identical to the shipped one
+	drpo world ship --config config/config.yaml --check

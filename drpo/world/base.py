@@ -31,7 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drpo.io import sha256_file
 from drpo.models.generators import PromptEmbeds
+from drpo.models.seeds import latent_seed
 from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
@@ -147,12 +149,19 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
     text.eval().requires_grad_(False)
     log(f"base model trained in {time.time() - start:.0f} s")
 
-    # save: the pipeline (model_index.json last), a sample grid, the recipe
+    # save: the pipeline in half precision (model_index.json last; the weights are rounded to what
+    # is stored, so the model used from here on is exactly the one a later load gives), a sample
+    # grid, the recipe. Half: the shipped copy of this model (drpo/world/shipped) is half the size.
+    # the build folder's path would be written as `_name_or_path`: a stable name keeps builds byte-identical
+    for part in (gen.pipe, gen.unet, gen.vae):
+        part.register_to_config(_name_or_path="shapes-turbo")
+    _cast(gen, torch.float16)
     gen.pipe.save_pretrained(work)
+    _cast(gen, torch.float32)
     index = work / "model_index.json"
     os.replace(index, work / "model_index.json.partial")
     _sample_grid(gen, rows[:8], work / "samples.png")
-    (work / "recipe.json").write_text(json.dumps({**asdict(recipe), "prompts": str(prompts_path), "words": len(words)}, indent=2))
+    (work / "recipe.json").write_text(json.dumps({**asdict(recipe), "prompts_sha256": sha256_file(prompts_path), "words": len(words)}, indent=2))
     os.replace(work / "model_index.json.partial", index)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(work, out)
@@ -160,10 +169,19 @@ def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = B
 
 
 @torch.no_grad()
+def _cast(gen, dtype: torch.dtype) -> None:
+    """Cast the weights in place (diffusers' `.to(dtype)` warns about modules to keep in float32:
+    this model has none)."""
+    for module in (gen.unet, gen.vae, gen.text_encoder):
+        for p in module.parameters():
+            p.data = p.data.to(dtype)
+
+
+@torch.no_grad()
 def _sample_grid(gen, rows: list[dict], path: Path, seeds: int = 4) -> Path:
     from drpo.grid import save_grid
 
     prompts = [r["prompt"] for r in rows for _ in range(seeds)]
-    latent_seeds = [s * 1_000_000 + int(r.get("prompt_id", i)) for i, r in enumerate(rows) for s in range(seeds)]
+    latent_seeds = [latent_seed(s, r.get("prompt_id", i)) for i, r in enumerate(rows) for s in range(seeds)]
     images = gen.to_pil(gen.decode(gen.generate(gen.noise_for_seeds(latent_seeds), gen.encode_prompts(prompts))))
     return save_grid(path, images, prompts, ncols=seeds * 2)

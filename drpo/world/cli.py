@@ -4,8 +4,11 @@
     drpo world prompts --split test --n-train 400 --n-test 120 --seed 0 --out test.jsonl
     drpo world prompts --split both --n-train 400 --n-test 120 --out world.jsonl   # world_{train,test}.jsonl
     drpo world render --prompts test.jsonl --out grid.png
-    drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~5 min on 2 cores
+    drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~8 min on 2 cores
     drpo world train-reward --prompts world_train.jsonl --out results/world/reward_model
+    drpo world train-base --shipped ...     # copy the shipped model if it has this recipe, else train
+    drpo world ship --config config/config.yaml           # rebuild drpo/world/shipped (make world-models)
+    drpo world ship --config config/config.yaml --check   # a rebuild gives the shipped bytes?
     drpo world pairs --prompts world_train.jsonl --out results/world/pairs/pairs.jsonl
 """
 
@@ -108,16 +111,35 @@ def _add_train_base(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regression-steps", type=int, default=d.regression_steps,
                    help="UNet + text encoder steps on noise-coupled renders")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _add_shipped(p)
+
+
+def _add_shipped(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shipped", action="store_true",
+                   help="copy the model shipped in drpo/world/shipped when it was built from this very recipe "
+                        "(settings, thread count, prompt bytes); train it otherwise")
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
 
 
 def _run_train_base(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import torch
+
+    from drpo.world import shipped
     from drpo.world.base import BaseRecipe, train_base
 
     _threads(args)
     recipe = BaseRecipe(resolution=args.resolution, vae_steps=args.vae_steps, regression_steps=args.regression_steps,
                         seed=args.seed)
-    out = train_base(args.prompts, args.out, recipe, log=lambda m: print(m, flush=True))
+    if args.shipped and shipped.install("base", shipped.recipe_of("base", args.prompts, torch.get_num_threads(), **asdict(recipe)),
+                                        args.out, log=_log):
+        return 0
+    out = train_base(args.prompts, args.out, recipe, log=_log)
     print(f"wrote {out} (samples: {out / 'samples.png'})")
     return 0
 
@@ -128,14 +150,22 @@ def _add_train_reward(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    _add_shipped(p)
 
 
 def _run_train_reward(args: argparse.Namespace) -> int:
+    import torch
+
+    from drpo.world import shipped
     from drpo.world.reward_model import train_reward_model
 
     _threads(args)
-    out = train_reward_model(args.prompts, args.out, steps=args.steps, resolution=args.resolution, seed=args.seed, log=lambda m: print(m, flush=True))
+    recipe = shipped.recipe_of("reward_model", args.prompts, torch.get_num_threads(), steps=args.steps, resolution=args.resolution,
+                               seed=args.seed)
+    if args.shipped and shipped.install("reward_model", recipe, args.out, log=_log):
+        return 0
+    out = train_reward_model(args.prompts, args.out, steps=args.steps, resolution=args.resolution, seed=args.seed, log=_log)
     print(f"wrote {out}")
     return 0
 
@@ -156,13 +186,45 @@ def _run_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ship(p: argparse.ArgumentParser) -> None:
+    from drpo.world.shipped import SHIPPED
+
+    p.add_argument("--config", default="config/config.yaml", help="workflow config whose world: block is built")
+    p.add_argument("--out", default=str(SHIPPED), help="folder of the shipped models and their manifest.json")
+    p.add_argument("--check", action="store_true",
+                   help="rebuild into a temporary folder and compare every file's sha256 with --out's (exit 1 if any differs)")
+    p.add_argument("--work", default=None, help="folder for the build's prompts, models and logs (default: a temporary one)")
+
+
+def _run_ship(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from drpo.world.ship import build
+
+    with tempfile.TemporaryDirectory(prefix="drpo-ship-") as tmp:
+        work = Path(args.work or tmp)
+        if not args.check:
+            build(args.config, work, args.out, log=_log)
+            print(f"wrote {args.out} (manifest.json: each model's recipe and every file's sha256)")
+            return 0
+        from drpo.world.shipped import compare
+
+        build(args.config, work, work / "shipped", log=_log)
+        diff = compare(args.out, work / "shipped")
+        for line in diff:
+            print(f"differs: {line}")
+        print(f"{'the rebuild differs from' if diff else 'the rebuild is byte-identical to'} {args.out}")
+        return 1 if diff else 0
+
+
 # subcommand -> (add_arguments, run, help)
 SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "prompts": (_add_prompts, _run_prompts, "GenEval-format prompts from the world's grammar (or a disjoint train/test split)"),
     "render": (_add_render, _run_render, "render prompt rows into a captioned grid PNG"),
-    "train-base": (_add_train_base, _run_train_base, "pre-train the world's base one-step generator (VAE, then UNet by drifting)"),
+    "train-base": (_add_train_base, _run_train_base, "pre-train the world's base one-step generator (VAE, then UNet by regression on noise-coupled renders)"),
     "train-reward": (_add_train_reward, _run_train_reward, "train the world's PickScore: a tiny CLIP on rendered pairs"),
     "pairs": (_add_pairs, _run_pairs, "preference pairs (rendered correct vs. incorrect) for the offline variant"),
+    "ship": (_add_ship, _run_ship, "build the shipped base and reward model (drpo/world/shipped) from a config's world: block"),
 }
 
 

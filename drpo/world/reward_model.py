@@ -10,8 +10,6 @@ prompt of the same tag) that only its attributes separate from the positive.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drpo.io import fresh_dir
 from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
@@ -71,11 +70,7 @@ def train_reward_model(prompts_path: str | Path, out: str | Path, *, steps: int 
             log(f"reward model step {step}/{steps}: loss {loss.item():.3f}, prompt→image accuracy {acc:.2f} | "
                 f"{rate_and_eta(step, steps, time.time() - start)}")
     model.eval()
-    out = Path(out)
-    work = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    processor.save_pretrained(work)
-    model.save_pretrained(work)  # config.json (the workflow's marker) lands with the weights
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(work, out)
-    return out
+    with fresh_dir(out) as work:
+        processor.save_pretrained(work)
+        model.save_pretrained(work)  # config.json (the workflow's marker) lands with the weights
+    return Path(out)

@@ -1,7 +1,11 @@
 # The shapes world: its base one-step generator, its reward model (the world's PickScore) and
 # the offline variant's preference pairs. Only configs with a `world:` block use these rules.
 
+from drpo.world.ship import BASE_THREADS, REWARD_THREADS
+
 W = config.get("world", {})
+# the world's models come from drpo/world/shipped when it holds this very recipe (`drpo world ship`)
+SHIPPED = ["--shipped"] if W.get("shipped", True) else []
 
 
 rule world_base:
@@ -13,9 +17,10 @@ rule world_base:
         out=lambda w, output: os.path.dirname(output[0]),
         base=W.get("base", {}),
         world=W,
+        shipped=SHIPPED,
     # fixed: the base's floating-point sums, and with them every number of the world's study, depend
-    # on its thread count (1 thread beside the reward model was 4 min faster on 2 cores, and another base)
-    threads: 2
+    # on its thread count (the shipped base was built with the same count: drpo.world.ship)
+    threads: BASE_THREADS
     resources:
         gpus=0,
     log:
@@ -25,7 +30,7 @@ rule world_base:
     shell:
         job("world_base") + "drpo world train-base --prompts {input:q} --out {params.out:q} "
         "--resolution {params.world[resolution]} --vae-steps {params.base[vae_steps]} --regression-steps {params.base[regression_steps]} "
-        "--seed {params.world[seed]} --threads {threads} > {log:q} 2>&1"
+        "--seed {params.world[seed]} --threads {threads} {params.shipped} > {log:q} 2>&1"
 
 
 rule world_reward_model:
@@ -36,7 +41,8 @@ rule world_reward_model:
     params:
         out=lambda w, output: os.path.dirname(output[0]),
         world=W,
-    threads: 1
+        shipped=SHIPPED,
+    threads: REWARD_THREADS
     resources:
         gpus=0,
     log:
@@ -46,7 +52,7 @@ rule world_reward_model:
     shell:
         job("world_reward_model") + "drpo world train-reward --prompts {input:q} --out {params.out:q} "
         "--resolution {params.world[resolution]} --steps {params.world[reward_model_steps]} --seed {params.world[seed]} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--threads {threads} {params.shipped} > {log:q} 2>&1"
 
 
 rule world_pairs:

@@ -1,0 +1,116 @@
+"""The world's shipped base and reward model (drpo/world/shipped): what the embedded run copies
+instead of training them, and the copy/train decision of `drpo world train-base/train-reward --shipped`.
+A full rebuild is `make world-models-check` (15 minutes: a benchmark-sized check, not a test)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from drpo.errors import UserError
+from drpo.world import shipped
+from drpo.world.base import BaseRecipe, train_base
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = BaseRecipe(vae_steps=2, regression_steps=2, vae_batch=4, prompts_per_step=2, unet_channels=(16, 32), vae_channels=(8, 16, 16),
+                  text_width=16)
+
+
+def test_the_shipped_models_are_whole_and_load():
+    manifest = shipped.read_manifest()
+    assert set(manifest) == {"base", "reward_model"}
+    for kind in shipped.KINDS:
+        shipped.verify(kind)  # every file with its manifest's sha256
+        assert manifest[kind]["recipe"]["prompts_sha256"] and manifest[kind]["files"]
+    from transformers import CLIPModel
+
+    from drpo.models.generators import OneStepGenerator
+
+    gen = OneStepGenerator.from_pretrained(shipped.SHIPPED / "base")
+    assert gen.resolution == manifest["base"]["recipe"]["resolution"] == 32
+    assert all(p.dtype.is_floating_point and p.dtype == gen.dtype for p in gen.unet.parameters())  # stored half, loaded float32
+    assert CLIPModel.from_pretrained(shipped.SHIPPED / "reward_model").config.vision_config.image_size == 32
+
+
+def test_the_embedded_workflow_copies_the_shipped_models(tmp_path):
+    """The seam: the embedded config's prompts rule and world rules, for real, end in the shipped
+    bytes without training (a recipe mismatch, e.g. a changed grammar, would train for 15 minutes)."""
+    results = tmp_path / "results"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", f"{results}/world/base/model_index.json",
+                           f"{results}/world/reward_model/config.json", "--cores", "2", "--config", f"results={results}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for kind in shipped.KINDS:
+        log = (results / "logs" / "world" / f"{kind}.log").read_text()
+        assert f"copied the shipped world {kind}" in log and "step" not in log, log[-1000:]
+        assert shipped.files_of(results / "world" / kind) == shipped.read_manifest()[kind]["files"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A shipped tree of its own holding a tiny base (the install logic, without the real files)."""
+    from drpo.io import write_jsonl
+
+    tmp = tmp_path_factory.mktemp("shipped")
+    prompts = write_jsonl(tmp / "train.jsonl", [{"prompt": "a photo of a red circle", "tag": "single_object", "prompt_id": 0,
+                                                 "include": [{"class": "circle", "count": 1}], "exclude": []}])
+    train_base(prompts, tmp / "built", TINY, log=lambda m: None)
+    recipe = shipped.recipe_of("base", prompts, 1, **asdict(TINY))
+    shipped.record("base", recipe, tmp / "built", tmp / "root")
+    return tmp / "root", recipe, prompts
+
+
+def test_install_copies_only_the_very_recipe(tiny_root, tmp_path):
+    root, recipe, prompts = tiny_root
+    said = []
+    assert shipped.install("base", recipe, tmp_path / "base", log=said.append, root=root)
+    assert shipped.files_of(tmp_path / "base") == shipped.read_manifest(root)["base"]["files"]
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
+    # another thread count, step count or prompt file: train, and say which keys differ
+    other = {**recipe, "threads": 2, "vae_steps": 3}
+    assert not shipped.install("base", other, tmp_path / "b2", log=said.append, root=root)
+    assert said[-1] == "the shipped world base does not fit this recipe (threads, vae_steps differ): training it"
+    assert not (tmp_path / "b2").exists()
+    assert shipped.differences("reward_model", recipe, root) == ["not shipped"]
+    prompts2 = tmp_path / "p.jsonl"
+    prompts2.write_text(prompts.read_text().replace("red", "blue"))
+    assert shipped.differences("base", shipped.recipe_of("base", prompts2, 1, **asdict(TINY)), root) == ["prompts_sha256"]
+
+
+def test_a_damaged_shipped_file_is_named_and_nothing_is_copied(tiny_root, tmp_path):
+    import shutil
+
+    root, recipe, _ = tiny_root
+    damaged = tmp_path / "root"
+    shutil.copytree(root, damaged)
+    weights = damaged / "base" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"unet/diffusion_pytorch_model\.safetensors has sha256 .* not the manifest's .*git checkout"):
+        shipped.install("base", recipe, tmp_path / "out", log=lambda m: None, root=damaged)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.tmp").exists()
+
+
+def test_a_build_is_byte_identical_when_repeated(tiny_root, tmp_path):
+    """What makes shipping sound: the same recipe writes the same bytes (weights, configs,
+    tokenizer, sample grid, recipe.json) — the full-size version of this is `make world-models-check`."""
+    root, _, prompts = tiny_root
+    again = train_base(prompts, tmp_path / "again", TINY, log=lambda m: None)
+    assert shipped.files_of(again) == shipped.read_manifest(root)["base"]["files"]
+
+
+def test_the_cli_trains_when_the_recipe_is_not_the_shipped_one(tmp_path):
+    from drpo.io import write_jsonl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a photo of a red circle", "tag": "single_object", "prompt_id": 0,
+                                                  "include": [{"class": "circle", "count": 1}], "exclude": []}])
+    proc = subprocess.run([sys.executable, "-m", "drpo.cli", "world", "train-reward", "--prompts", str(prompts), "--out",
+                           str(tmp_path / "rm"), "--steps", "2", "--threads", "1", "--shipped"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the shipped world reward_model does not fit this recipe (prompts_sha256, steps differ): training it" in proc.stdout
+    assert "reward model step 2/2" in proc.stdout and (tmp_path / "rm" / "config.json").exists()
