@@ -765,11 +765,16 @@ def write_timing_config(config: dict, method: str, out: str | Path) -> None:
     write_text(out, yaml.safe_dump(timing_config(config, method), sort_keys=False))
 
 
+COMPARISON_LABELS = {"fid": "FID vs {reference}", "distance": "distance to {reference}"}
+
+
 def collect_spec(config: dict, judged: list[dict] | None = None) -> dict:
     """What `drpo collect` needs to turn summaries into the tidy results file, and `drpo tables`
     to draw each table (its builder and paper table): the content of `<results>/collect_spec.json`.
     `judged`: the judge summaries (default: `judge_summaries(config)`)."""
-    tables = {name: {**spec, "rows": table_rows(config, name)} for name, spec in config.get("tables", {}).items()}
+    labels = {m: s["label"] for m, s in config["evaluation"]["metrics"].items() if s.get("label")}
+    labels.update({m: COMPARISON_LABELS[m].format(reference=c["reference"]) for m, c in comparisons(config).items()})
+    tables = {name: {**spec, "rows": table_rows(config, name), "metric_labels": labels} for name, spec in config.get("tables", {}).items()}
     return {
         "results": results_dir(config), "models": eval_models(config), "test_sets": config["evaluation"]["test_sets"],
         "metrics": list(config["evaluation"]["metrics"]) + list(comparisons(config)),

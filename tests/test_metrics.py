@@ -397,3 +397,25 @@ def test_drpo_score_cli_reward_and_diversity(tmp_path, capsys):
                "--extractor-options", '{"dim": 8, "size": 16}', "--summary", str(tmp_path / "div.json")])
     assert rc == 0 and json.loads((tmp_path / "div.json").read_text())["overall"] > 0
     assert main(["score", "--manifest", str(manifest), "--reward", "brightness", "--options", "{bad"]) == 2
+
+
+def test_geneval_bootstrap_intervals_hold_the_score_and_keep_each_tags_count():
+    import pandas as pd
+
+    from drpo.eval.metrics import geneval_bootstrap, geneval_summary
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"tag": ["single_object"] * 8 + ["counting"] * 40 + ["position"] * 40,
+                       "correct": [True] * 8 + list(rng.random(40) < 0.2) + list(rng.random(40) < 0.6)})
+    summary, ci = geneval_summary(df), geneval_bootstrap(df, n_boot=2000)
+    assert set(ci) == {"single_object", "counting", "position", "overall"}
+    assert ci["single_object"] == (1.0, 1.0)  # a tag the model always gets right stays right in every resample
+    for tag, (lo, hi) in ci.items():
+        value = summary["overall"] if tag == "overall" else summary["tags"][tag]["accuracy"]
+        assert lo <= value <= hi
+    # the overall interval is that of a mean of three tags: narrower than either varying tag's
+    width = {k: hi - lo for k, (lo, hi) in ci.items()}
+    assert 0 < width["overall"] < min(width["counting"], width["position"])
+    # 40 Bernoulli(p) images: about ±1.96·sqrt(p(1-p)/40) around p
+    p = summary["tags"]["position"]["accuracy"]
+    assert abs(width["position"] - 2 * 1.96 * np.sqrt(p * (1 - p) / 40)) < 0.05

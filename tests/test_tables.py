@@ -415,8 +415,8 @@ def _world_results(config: dict) -> pd.DataFrame:
                 continue
             out.append(r(table, label[m], "world_test", "pickscore", 0.6894, f"scores/{m}/pickscore.json"))
             out.append(r(table, label[m], "world_test", "geneval", 0.558, f"scores/{m}/geneval.json"))
-            if table == "geneval":
-                out += [r(table, label[m], "world_test", f"geneval:{t}", v, f"scores/{m}/geneval.parquet") for t, v in WORLD_GENEVAL.items()]
+            out += [r(table, label[m], "world_test", f"geneval:{t}", v, f"scores/{m}/geneval.parquet") for t, v in WORLD_GENEVAL.items()]
+            out.append(r(table, label[m], "world_test", "geneval:overall", sum(WORLD_GENEVAL.values()) / 6, f"scores/{m}/geneval.parquet"))
     return pd.DataFrame(out)
 
 
@@ -440,10 +440,14 @@ def test_a_world_table_prints_no_paper_values(tmp_path, name):
         assert list(f.columns) == ["Shapes-Turbo base", "DrPO"]
         assert f.loc["Position", "DrPO"] == 62.5 and f.loc["Color attribution", "Shapes-Turbo base"] == 44.6
         assert "| Position | 62.5 | 62.5 |" in (tmp_path / "geneval.md").read_text()
-    # the generic tables come out as before: methods x (test set, metric), display-scaled once
+    # the generic tables: methods x metrics by their config labels, GenEval overall (the mean of the
+    # six tags) before the tags and the image accuracy, the one test set in the title, display-scaled once
     main_md = (tmp_path / "main.md").read_text()
-    assert "| Method | world_test pickscore | world_test geneval |" in main_md
-    assert re.search(r"^\| DrPO[^|]* \| 68\.94 \| 55\.8 \|$", main_md, re.M), main_md
+    assert main_md.startswith("### main (test set world_test)\n")
+    assert ("| Method | world PickScore | GenEval overall | Single object | Two objects | Counting | Colors | Position | "
+            "Color attribution | GenEval image accuracy |") in main_md
+    assert re.search(r"^\| DrPO[^|]* \| 68\.94 \| 66\.0 \| 100\.0 \| 80\.0 \| 28\.6 \| 80\.0 \| 62\.5 \| 44\.6 \| 55\.8 \|$",
+                     main_md, re.M), main_md
     assert main_md.rstrip().endswith("Every cell's source: `main.sources.csv`.")
 
 
@@ -457,7 +461,7 @@ def test_a_table_is_drawn_by_its_spec_not_by_its_name(tmp_path):
     assert f.loc["Counting", "SD-Turbo (paper)"] == 33.8 and list(f.columns)[:2] == ["SD-Turbo", "SD-Turbo (paper)"]
     assert "Cells: ours (paper value)" in (tmp_path / "ours.md").read_text()
     g = csv(tmp_path, "sd_turbo_main")  # named like the paper's table, drawn as the spec says: no paper numbers
-    assert list(g.columns) == ["Method", "pickapic_v2 pickscore"] and g.iloc[0].tolist() == ["DrPO", 23.49]
+    assert list(g.columns) == ["Method", "pickscore"] and g.iloc[0].tolist() == ["DrPO", 23.49]
     # without a spec every table is generic; a paper table must be one its builder draws
     T.build_all(res, tmp_path / "plain")
     assert "paper" not in (tmp_path / "plain" / "ours.md").read_text()

@@ -51,16 +51,18 @@ def _summary(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _geneval_rows(scores: Path) -> dict[str, float]:
-    from drpo.eval.metrics import geneval_summary
+def _geneval_rows(scores: Path) -> dict[str, tuple[float, tuple[float, float]]]:
+    """`geneval:<tag>` and `geneval:overall` (the mean of the tag accuracies) of a checker's per-image
+    scores, each with its stratified bootstrap 95 % interval."""
+    from drpo.eval.metrics import geneval_bootstrap, geneval_summary
 
     df = pd.read_parquet(scores)
     if "tag" not in df.columns:
         return {}
-    summary = geneval_summary(pd.DataFrame({"tag": df["tag"], "correct": df["score"] > 0.5}))
-    out = {f"geneval:{t}": v["accuracy"] for t, v in summary["tags"].items()}
-    if summary.get("overall") is not None:
-        out["geneval:overall"] = summary["overall"]
+    frame = pd.DataFrame({"tag": df["tag"], "correct": df["score"] > 0.5})
+    summary, ci = geneval_summary(frame), geneval_bootstrap(frame)
+    out = {f"geneval:{t}": (v["accuracy"], ci[t]) for t, v in summary["tags"].items()}
+    out["geneval:overall"] = (summary["overall"], ci["overall"])
     return out
 
 
@@ -93,13 +95,14 @@ def _metric_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
                          "value": value, "ci_low": lo, "ci_high": hi,
                          "source": ";".join(str(p) for _, p in per_seed)})
             if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
-                tags: dict[str, list[float]] = {}
+                tags: dict[str, list[tuple]] = {}
                 for _, path in per_seed:
                     for k, v in _geneval_rows(path.with_suffix(".parquet")).items():
                         tags.setdefault(k, []).append(v)
                 for k, v in tags.items():
+                    value, lo, hi = _over_seeds(v)
                     rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
-                                 "value": sum(v) / len(v), "ci_low": None, "ci_high": None,
+                                 "value": value, "ci_low": lo, "ci_high": hi,
                                  "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
     return rows
 

@@ -365,6 +365,24 @@ def geneval_summary(df: pd.DataFrame) -> dict:
     }
 
 
+def geneval_bootstrap(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs of each tag's accuracy and of the overall score (the mean of the
+    tag accuracies), resampling images within each tag (a tag keeps its image count, as GenEval's
+    prompt mix is fixed): {tag: (lo, hi), ..., "overall": (lo, hi)}."""
+    correct = np.asarray([_as_bool(v, f"geneval row {i}") for i, v in enumerate(df["correct"])], dtype=np.float64)
+    tags = df["tag"].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - level) / 2
+    per_tag = {}
+    for t in [t for t in GENEVAL_TAGS if t in set(tags)] + sorted(set(tags) - set(GENEVAL_TAGS)):
+        x = correct[tags == t]
+        per_tag[t] = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    out = {t: tuple(float(q) for q in np.quantile(v, [alpha, 1 - alpha])) for t, v in per_tag.items()}
+    overall = np.mean(np.stack(list(per_tag.values())), axis=0)
+    out["overall"] = tuple(float(q) for q in np.quantile(overall, [alpha, 1 - alpha]))
+    return out
+
+
 def read_geneval_results(path: str | os.PathLike) -> pd.DataFrame:
     """GenEval's official evaluator output (results JSONL: one row per image with `tag`, `correct`)."""
     from drpo.io import read_jsonl

@@ -404,17 +404,49 @@ def preference_table(results, name: str, paper: str | None = None, spec: dict | 
                  cells=[[_metric_cell(sub, name, paper, k, "preference", t) for t in test_sets] for k in keys])
 
 
+def _overall_first(cols: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A checker metric `m` with GenEval tags becomes: `m:overall` (GenEval's score, the mean of the
+    tag accuracies), then each tag, then `m` itself (the image-level accuracy, a secondary column)."""
+    have = set(cols)
+    out: list[tuple[str, str]] = []
+    for ts, m in cols:
+        if (ts, m) in out:
+            continue
+        base = m.split(":", 1)[0]
+        if (ts, f"{base}:overall") in have and (ts, base) in have:
+            tags = [(t, x) for t, x in cols if t == ts and x.startswith(f"{base}:") and x != f"{base}:overall"]
+            out += [c for c in [(ts, f"{base}:overall"), *tags, (ts, base)] if c not in out]
+        else:
+            out.append((ts, m))
+    return out
+
+
+def _column_label(metric: str, labels: dict[str, str], have: set[str]) -> str:
+    base, _, part = metric.partition(":")
+    name = labels.get(base, base)
+    if part == "overall":
+        return f"{name} overall"
+    if part:
+        return GENEVAL_TAG_LABELS.get(part, part)
+    return f"{name} image accuracy" if f"{base}:overall" in have else name
+
+
 def generic_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
     """Any other table of a config (the shapes world's, a user's): rows = methods in order of
-    appearance, columns = test set × metric, display scaling as everywhere, no paper column."""
+    appearance, columns = test set × metric (a checker's GenEval overall first, then its tags, then
+    its image accuracy), metrics by their config `label`, display scaling as everywhere, no paper
+    column. One test set is named in the title, several head column groups."""
     if paper is not None:
         raise ValueError(f"builder generic draws none of the paper's tables (got paper {paper!r})")
     sub = table_rows(_results(results), name, None)
     keys = list(dict.fromkeys(sub["_row"]))
-    cols = list(dict.fromkeys(zip(sub["_ts"], sub["_metric"])))
+    cols = _overall_first(list(dict.fromkeys(zip(sub["_ts"], sub["_metric"]))))
     cells = [[_metric_cell(sub, name, None, k, m, ts) for ts, m in cols] for k in keys]
-    return Table(name=name, title=_title(name), row_header="Method", rows=keys,
-                 columns=[m for _, m in cols], cells=cells, groups=[ts for ts, _ in cols])
+    labels, have = (spec or {}).get("metric_labels") or {}, {m for _, m in cols}
+    test_sets = list(dict.fromkeys(ts for ts, _ in cols))
+    title = _title(name) + (f" (test set {test_sets[0]})" if len(test_sets) == 1 else "")
+    return Table(name=name, title=title, row_header="Method", rows=keys, columns=[_column_label(m, labels, have) for _, m in cols],
+                 cells=cells, groups=[ts for ts, _ in cols] if len(test_sets) > 1 else [])
 
 
 BUILDERS = {
