@@ -58,10 +58,10 @@ def test_the_summary_comes_first_with_intervals_and_drpo_against_each_baseline(s
     headings = [h.split(">", 1)[1].split("<", 1)[0] for h in page.split("<h2")[1:]]
     assert headings[0].startswith("Summary") and headings[1:] == ["Tables", "Figures", "Samples"]
     summary = page[page.index("Summary"):page.index(">Tables<")]
-    assert "70.0 <span class=note>[66, 74]</span>" in summary  # display units, with the 95 % interval
+    assert "70.0 <span class=note>[66.0, 74.0]</span>" in summary  # display units, with the 95 % interval in the cell's decimals
     assert "DrPO − Shapes-Turbo base" in summary and "DrPO − DPO 1step" in summary
-    assert "<td class=better>+15 *</td>" in summary  # intervals apart from the base's
-    assert "<td class=better>+12</td>" in summary  # DPO's overlap DrPO's: no star
+    assert "<td class=better>+15.0 *</td>" in summary  # intervals apart from the base's
+    assert "<td class=better>+12.0</td>" in summary  # DPO's overlap DrPO's: no star
     assert "Steps" not in summary  # a column without numbers stays out of the summary
     assert "training_curves" not in page.split(">Figures<")[0]  # the curve's points are a figure, not a table
     assert "DrPO on world_test" in page and "drpo-s42 on" not in page  # labels, not ids

@@ -41,11 +41,18 @@ def _title(tables: Path, name: str) -> str:
     return first.removeprefix("### ").strip() or name.replace("_", " ")
 
 
+def _decimals(value) -> int:
+    """The decimals a table cell is shown with (its interval and differences use the same)."""
+    text = str(value)
+    return len(text.split(".", 1)[1]) if "." in text else 0
+
+
 def _cell(value, lo, hi) -> str:
     if value in ("", None) or (isinstance(value, float) and value != value):
         return "–"
     if pd.notna(lo) and pd.notna(hi):
-        return f"{value} <span class=note>[{lo:.4g}, {hi:.4g}]</span>"
+        d = _decimals(value)
+        return f"{value} <span class=note>[{lo:.{d}f}, {hi:.{d}f}]</span>"
     return str(value)
 
 
@@ -78,7 +85,7 @@ def summary(tables: Path, name: str) -> str:
                 diff = (a.raw - b.raw) * scale
                 apart = pd.notna(a.ci_low) and pd.notna(b.ci_high) and (a.ci_low > b.ci_high or a.ci_high < b.ci_low)
                 kind = " class=better" if diff > 0 else " class=worse" if diff < 0 else ""
-                cells.append(f"<td{kind}>{diff:+.3g}{' *' if apart else ''}</td>")
+                cells.append(f"<td{kind}>{diff:+.{_decimals(a.value)}f}{' *' if apart else ''}</td>")
             lines.append(f"<tr><td>{html.escape(str(ours))} − {html.escape(str(other))}</td>{''.join(cells)}</tr>")
         parts += [f"<h3>{html.escape(str(ours))} against each baseline</h3>",
                   "<p class=note>Difference in the table's units (higher is better unless the column says otherwise, "
