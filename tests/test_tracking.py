@@ -310,7 +310,8 @@ def test_the_studys_held_out_numbers_land_on_each_models_run(tmp_path, monkeypat
         (scores / model).mkdir(parents=True)
         (scores / model / "checker.json").write_text(json.dumps({
             "mean": mean, "ci_low": mean - 0.1, "ci_high": mean + 0.1,
-            "geneval": {"overall": overall, "tags": {"counting": {"accuracy": overall - 0.25}, "colors": {"accuracy": 1.0}}}}))
+            "geneval": {"overall": overall, "tags": {"counting": {"accuracy": overall - 0.25}, "colors": {"accuracy": 1.0}},
+                        "ci95": {"overall": [overall - 0.2, overall + 0.1], "counting": [0.25, 0.75], "colors": [1.0, 1.0]}}}))
     (scores / "drpo-s42" / "fid.json").write_text(json.dumps({"mean": 12.5, "fid": 12.5}))
     judge = tmp_path / "results" / "judge" / "j.json"
     judge.parent.mkdir(parents=True)
@@ -321,8 +322,11 @@ def test_the_studys_held_out_numbers_land_on_each_models_run(tmp_path, monkeypat
             "tables": {"main": {"builder": "main", "metrics": ["checker"], "rows": ["base", "drpo-s42"]}}}
     assert model_metrics(spec, "drpo-s42") == {
         "eval/test/checker": 0.6, "eval/test/checker/ci_low": pytest.approx(0.5), "eval/test/checker/ci_high": 0.7,
-        "eval/test/checker/geneval_overall": 0.75, "eval/test/checker/geneval/counting": 0.5,
-        "eval/test/checker/geneval/colors": 1.0, "eval/test/fid": 12.5,
+        "eval/test/checker/geneval_overall": 0.75, "eval/test/checker/geneval_overall/ci_low": pytest.approx(0.55),
+        "eval/test/checker/geneval_overall/ci_high": 0.85, "eval/test/checker/geneval/counting": 0.5,
+        "eval/test/checker/geneval/counting/ci_low": 0.25, "eval/test/checker/geneval/counting/ci_high": 0.75,
+        "eval/test/checker/geneval/colors": 1.0, "eval/test/checker/geneval/colors/ci_low": 1.0,
+        "eval/test/checker/geneval/colors/ci_high": 1.0, "eval/test/fid": 12.5,
         "judge/test/vs_base": 0.7, "judge/test/vs_base/ci_low": 0.6, "judge/test/vs_base/ci_high": 0.8}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     monkeypatch.setenv("DRPO_MLFLOW_PARENT_RUN_ID", parent)

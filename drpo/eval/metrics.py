@@ -356,9 +356,11 @@ def geneval_summary(df: pd.DataFrame) -> dict:
     for t in order:
         m = tags == t
         per_tag[t] = {"accuracy": float(correct[m].mean()), "n": int(m.sum()), "correct": int(correct[m].sum())}
+    ci = geneval_bootstrap(pd.DataFrame({"tag": tags, "correct": correct}))
     return {
         "tags": per_tag,
         "overall": float(np.mean([v["accuracy"] for v in per_tag.values()])),
+        "ci95": {k: list(v) for k, v in ci.items()},  # stratified bootstrap: each tag, and the overall
         "image_accuracy": float(correct.mean()),
         "n": int(correct.size),
         "missing_tags": [t for t in GENEVAL_TAGS if t not in per_tag],

@@ -5,8 +5,9 @@ $DRPO_MLFLOW_URI): every evaluated model gets, on one run,
 
     eval/<test set>/<metric>              the mean (a reward, FID, distance)
     eval/<test set>/<metric>/ci_low|high  its 95 % bootstrap interval
-    eval/<test set>/<metric>/geneval_overall   a checker's GenEval overall score (mean of tag accuracies)
-    eval/<test set>/<metric>/geneval/<tag>     each tag's accuracy
+    eval/<test set>/<metric>/geneval_overall   a checker's GenEval overall score (mean of tag accuracies),
+                                          with /ci_low and /ci_high (stratified bootstrap)
+    eval/<test set>/<metric>/geneval/<tag>     each tag's accuracy (with /ci_low, /ci_high)
     judge/<test set>/vs_<opponent>        the judge's preference share of this model over the opponent
 
 A trained run's numbers go on its training run (found by its output folder); a base model gets a run
@@ -49,9 +50,14 @@ def model_metrics(spec: dict, model: str) -> dict[str, float]:
             put(f"{EVAL_PREFIX}/{ts}/{metric}/ci_high", s.get("ci_high"))
             # a checker metric's GenEval summary (drpo score --reward ...), or a GenEval run's own
             geneval = s.get("geneval") or (s if s.get("kind") == "geneval" else {})
+            ci = geneval.get("ci95") or {}
             put(f"{EVAL_PREFIX}/{ts}/{metric}/geneval_overall", geneval.get("overall"))
+            for end, k in (("ci_low", 0), ("ci_high", 1)):
+                put(f"{EVAL_PREFIX}/{ts}/{metric}/geneval_overall/{end}", (ci.get("overall") or [None, None])[k])
             for tag, v in (geneval.get("tags") or {}).items():
                 put(f"{EVAL_PREFIX}/{ts}/{metric}/geneval/{tag}", v.get("accuracy") if isinstance(v, dict) else v)
+                for end, k in (("ci_low", 0), ("ci_high", 1)):
+                    put(f"{EVAL_PREFIX}/{ts}/{metric}/geneval/{tag}/{end}", (ci.get(tag) or [None, None])[k])
     for j in spec.get("judged", []):
         if j["judged"] != model:
             continue
