@@ -43,6 +43,7 @@ from urllib.parse import urlsplit  # noqa: E402
 
 from drpo.errors import UserError  # noqa: E402
 from drpo.io import sha256_file  # noqa: E402  (re-exported: drpo.fetch.sha256_file)
+from drpo.train.registry import method_spec  # noqa: E402
 
 # -- what is known about each item ----------------------------------------------------------------
 
@@ -103,7 +104,6 @@ AESTHETIC_DEFAULT = f"models/{AESTHETIC_FILE}"
 QWEN_DEFAULT = "Qwen/Qwen3-VL-8B-Instruct"
 FEATURE_DEFAULT_PATHS = {"vit_mae": "facebook/vit-mae-base", "dinov2": "facebook/dinov2-base", "clip": PICKSCORE_DEFAULT}
 FEATURES_WITHOUT_WEIGHTS = {"latent", "teacher_unet"}  # raw latents; the generator's own UNet
-NEEDS_FEATURES = {"drpo", "drpo_offline"}  # methods that build a feature map (drpo.train.trainer)
 WORKER_SCORERS = {"hpsv2": "hpsv2", "hpsv3": "hpsv3", "imagereward": "imagereward", "geneval": "geneval"}
 SCORER_PACKAGES = {"hpsv2": "hpsv2", "hpsv3": "hpsv3", "imagereward": "ImageReward", "geneval": "mmdet"}
 
@@ -455,7 +455,7 @@ def build_plan(config: dict, *, models_dir: str | None = None, pickapic_repo: st
             plan.reward(spec, f"rewards.{name}[{i}]")
     defaults = config["training"].get("defaults", {})
     for run in wf.runs(config).values():
-        if run.spec["method"] not in NEEDS_FEATURES:
+        if not method_spec(run.spec["method"]).features:
             continue
         features = wf.merge_overrides(dict(defaults), run.overrides).get("features")
         where = "training.defaults.features"

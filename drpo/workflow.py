@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from drpo.config import ConfigError, config_hash, deep_merge, load_yaml
+from drpo.train.registry import method_spec
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,6 +39,20 @@ def _set_defaults(schema: dict, data: Any) -> None:
             _set_defaults(sub, data[key])
 
 
+def _method_choices(schema: dict) -> None:
+    """A run's `method` is one of the registry's (drpo.train.registry), wherever the schema takes one."""
+    from drpo.train.registry import NAMES
+
+    if isinstance(schema, dict):
+        if schema.get("x-choices") == "training-methods":
+            schema["enum"] = list(NAMES)
+        for value in schema.values():
+            _method_choices(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _method_choices(value)
+
+
 def validate_config(config: dict, source: str = "config", schema_path: Path = SCHEMA) -> dict:
     """Validate against workflow/schemas/config.schema.yaml; errors name the key path.
 
@@ -47,6 +62,7 @@ def validate_config(config: dict, source: str = "config", schema_path: Path = SC
     import jsonschema
 
     schema = yaml.safe_load(schema_path.read_text())
+    _method_choices(schema)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
@@ -88,7 +104,8 @@ def _check_references(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: training.runs.{name}: run names use letters, digits, '-', '_', '.' (no '__')")
         if run["model"] not in models:
             raise ConfigError(f"{source}: training.runs.{name}.model: '{run['model']}' is not in models ({', '.join(models)})")
-        if run["method"] != "drpo_offline":
+        needs = method_spec(run["method"])
+        if not needs.dataset:
             if "reward" not in run:
                 raise ConfigError(f"{source}: training.runs.{name}.reward: method {run['method']} needs a reward")
             if "prompts" not in run:
@@ -97,7 +114,7 @@ def _check_references(config: dict, source: str) -> None:
             raise ConfigError(f"{source}: training.runs.{name}.reward: '{run['reward']}' is not in rewards ({', '.join(rewards)})")
         if "prompts" in run and run["prompts"] not in prompt_sets:
             raise ConfigError(f"{source}: training.runs.{name}.prompts: '{run['prompts']}' is not in prompt_sets")
-        if run["method"] == "drpo_offline" and run.get("dataset") not in datasets and run.get("dataset") != "world_pairs":
+        if needs.dataset and run.get("dataset") not in datasets and run.get("dataset") != "world_pairs":
             raise ConfigError(f"{source}: training.runs.{name}.dataset: '{run.get('dataset')}' is not in datasets")
         where = f"training.runs.{name}.launcher" if "launcher" in run else "training.launcher"
         _check_launcher({**launcher(config), **run.get("launcher", {})}, where, source)
@@ -271,7 +288,7 @@ def train_config(config: dict, run_id: str) -> dict:
         data["reward"] = config["rewards"][spec["reward"]]
     if "prompts" in spec:
         data = deep_merge(data, {"prompts": {"path": prompt_path(config, spec["prompts"])}})
-    if spec["method"] == "drpo_offline":
+    if method_spec(spec["method"]).dataset:
         data = deep_merge(data, {"offline": {"dataset": dataset_path(config, spec["dataset"])}})
     data = merge_overrides(data, run.overrides)
     cfg = train_config_from_dict(data, source=f"training.runs.{run.name}")
@@ -531,7 +548,7 @@ def run_inputs(config: dict, run_id: str) -> dict[str, Any]:
         out["prompts"] = prompt_path(config, spec["prompts"])
     if "reward" in spec:
         out["reward"] = reward_inputs(config, config["rewards"][spec["reward"]])
-    if spec["method"] == "drpo_offline":
+    if method_spec(spec["method"]).dataset:
         out["dataset"] = dataset_path(config, spec["dataset"])
     features = train_config(config, run_id).get("features", {}).get("options", {}).get("path", "")
     if built_input(config, features):  # a feature map the workflow builds (the world's CLIP, a twin)

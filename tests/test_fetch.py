@@ -163,14 +163,12 @@ def test_defaults_match_the_loaders():
     from drpo.eval.judge_backends import DEFAULT_QWEN
     from drpo.models import features
     from drpo.rewards import clip_based
-    from drpo.train.trainer import NEEDS_FEATURES
 
     assert F.PICKSCORE_DEFAULT == clip_based.PickScore.default_path
     assert F.CLIP_DEFAULT == clip_based.ClipScore.default_path
     params = inspect.signature(clip_based.Aesthetic.__init__).parameters
     assert (params["path"].default, params["clip"].default) == (F.AESTHETIC_DEFAULT, F.CLIP_DEFAULT)
     assert F.QWEN_DEFAULT == DEFAULT_QWEN
-    assert F.NEEDS_FEATURES == NEEDS_FEATURES
     handled = set(F.FEATURE_DEFAULT_PATHS) | F.FEATURES_WITHOUT_WEIGHTS | {"latent_mae"}
     assert set(features.FEATURE_MAPS) == handled
     for name, path in F.FEATURE_DEFAULT_PATHS.items():

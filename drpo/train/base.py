@@ -46,6 +46,14 @@ class Method:
         self.gen = models.generator
         self.timer = timer
 
+    # -- state a checkpoint keeps beside the LoRA and optimizer (none by default) --------------
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"method {self.name} keeps no state, but the checkpoint holds {sorted(state)}")
+
     # -- helpers shared by the methods -------------------------------------------------------
     def encode(self, batch: list[dict]):
         with self.timer("encode_prompts"):

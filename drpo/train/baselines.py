@@ -202,6 +202,12 @@ class VGGFlowOneStep(Method):
         loss = (x.float() - target.float()).pow(2).mean()
         return loss, {"vggflow/tau": self.tau, "vggflow/grad_norm": norms.mean().item(), **reward_stats(r.detach().view(b, k))}
 
+    def state_dict(self) -> dict:
+        return {"tau": self.tau}  # the clip threshold set after the last update: a resumed run goes on with it
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tau = float(state.get("tau", self.tau))
+
     def after_update(self) -> None:
         if not self._norms:
             return
@@ -214,4 +220,3 @@ class VGGFlowOneStep(Method):
         self._norms.clear()
 
 
-METHOD_CLASSES = {"draft": DRaFT, "dpo": DPOOneStep, "grpo": GRPOOneStep, "pso": PSOOneStep, "vggflow": VGGFlowOneStep}

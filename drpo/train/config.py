@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drpo.config import ConfigError, from_dict, load_yaml
+from drpo.train.registry import METHODS as _REGISTRY
+from drpo.train.registry import NAMES as METHODS
 
-Method = Literal["drpo", "drpo_offline", "draft", "dpo", "grpo", "pso", "vggflow"]
-METHODS: tuple[str, ...] = ("drpo", "drpo_offline", "draft", "dpo", "grpo", "pso", "vggflow")
+Method = Literal[METHODS]  # the registry's names (drpo.train.registry)
 # the config sections each method reads (the others are another method's settings)
-METHOD_SECTIONS: dict[str, tuple[str, ...]] = {
-    "drpo": ("drpo",), "drpo_offline": ("drpo", "offline"), "draft": ("draft",), "dpo": ("dpo",),
-    "grpo": ("grpo",), "pso": ("pso",), "vggflow": ("vggflow",),
-}
+METHOD_SECTIONS: dict[str, tuple[str, ...]] = {name: spec.sections for name, spec in _REGISTRY.items()}
 
 
 def own_params(cfg_dict: dict) -> dict:

@@ -29,6 +29,7 @@ from drpo.models.seeds import latent_seed
 from drpo.train.base import Method, Models
 from drpo.train.config import TrainConfig
 from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed, torch_generator
+from drpo.train.registry import method_spec
 from drpo.train.timing import ComponentTimer
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,6 @@ AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 METRICS_LOG = "metrics.jsonl"  # the tracker's local log; a checkpoint keeps a copy of it
 PREVIOUS_RUN_FILES = ("config.json", METRICS_LOG, "final", "samples")  # with checkpoint-*: one run's files
-NEEDS_FEATURES = {"drpo", "drpo_offline"}
-NEEDS_REWARD = {"drpo", "draft", "dpo", "grpo", "pso", "vggflow"}
-GRADIENT_THROUGH_REWARD = {"draft", "vggflow"}
 
 
 class TrainingDiverged(ValueError):
@@ -57,14 +55,15 @@ def build_models(cfg: TrainConfig, device: torch.device) -> Models:
     if cfg.gradient_checkpointing:
         gen.enable_gradient_checkpointing()
     reward = features = None
-    if cfg.method in NEEDS_REWARD:
+    needs = method_spec(cfg.method)
+    if needs.reward:
         from drpo.rewards import build_reward_ensemble, fp32_specs
 
         specs = [to_dict(r) for r in cfg.reward]
-        if cfg.method in GRADIENT_THROUGH_REWARD:
+        if needs.reward_gradient:
             specs = fp32_specs(specs)
         reward = build_reward_ensemble(specs, device=device)
-    if cfg.method in NEEDS_FEATURES:
+    if needs.features:
         from drpo.models.features import build_feature_map
 
         options = dict(cfg.features.options)
@@ -76,11 +75,7 @@ def build_models(cfg: TrainConfig, device: torch.device) -> Models:
 
 
 def build_method(cfg: TrainConfig, models: Models, timer: ComponentTimer) -> Method:
-    from drpo.train.baselines import METHOD_CLASSES
-    from drpo.train.drpo_method import DrPO, OfflineDrPO
-
-    classes = {"drpo": DrPO, "drpo_offline": OfflineDrPO, **METHOD_CLASSES}
-    return classes[cfg.method](cfg, models, timer)
+    return method_spec(cfg.method).load()(cfg, models, timer)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -191,7 +186,7 @@ class Trainer:
             o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps * self.world, num_training_steps=cfg.steps * self.world
         )
         self.method = build_method(cfg, self.models, self.timer)
-        if cfg.method == "drpo_offline":
+        if method_spec(cfg.method).dataset:  # its prompts are its pairs'
             rows = self.method.pairs.prompt_rows()
         else:
             rows = load_prompt_rows(cfg.prompts.path, cfg.prompts.max_prompts)
@@ -278,8 +273,7 @@ class Trainer:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
-        if "method" in state and hasattr(self.method, "tau"):
-            self.method.tau = state["method"]["tau"]
+        self.method.load_state_dict(state.get("method", {}))
         self.start_step = int(state["step"])
         self.resumed_from = ckpt
         if self.accelerator.is_main_process:
@@ -298,8 +292,8 @@ class Trainer:
             state = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng}
             if self.scaler.is_enabled():
                 state["scaler"] = self.scaler.state_dict()
-            if hasattr(self.method, "tau"):
-                state["method"] = {"tau": self.method.tau}
+            if self.method.state_dict():  # a method's own running state (VGGFlow's clipping threshold)
+                state["method"] = self.method.state_dict()
             torch.save(state, tmp / "training_state.pt")
             write_json(tmp / "training_state.json",
                        {"step": step, "config_hash": config_hash(self.cfg), "resume_hash": resume_hash(self.cfg), "time": time.time()})
@@ -409,7 +403,7 @@ class Trainer:
                 self._set_aside_previous_run()
             write_json(self.out / "config.json", to_dict(cfg))
             self._start_metrics_log()
-            if self.tracker and cfg.method != "drpo_offline":  # the offline variant's prompts are its pairs'
+            if self.tracker and not method_spec(cfg.method).dataset:  # the offline variant's prompts are its pairs'
                 self.tracker.log_prompt_set(cfg.prompts.path, self.prompt_rows)
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"{cfg.method} updates", disable=not self.progress, dynamic_ncols=True)
         # without the bar (a workflow job's log file): a line every ~5 % of the run, with its ETA
