@@ -364,7 +364,7 @@ def test_world_checker_correctness_agrees_with_check(tmp_path):
         meta = {k: v for k, v in p.items() if k not in ("prompt", "prompt_id")}
         rows.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "seed": 42, "image_path": rel, "metadata": meta})
     write_jsonl(tmp_path / "manifest.jsonl", rows)
-    df = M.world_correctness(tmp_path / "manifest.jsonl")
+    df = checker.manifest_correctness(tmp_path / "manifest.jsonl")
     direct = [checker.check(np.asarray(Image.open(tmp_path / r["image_path"]).convert("RGB")),
                             {"prompt": r["prompt"], **r["metadata"]}).correct for r in rows]
     assert df["correct"].tolist() == direct and len(df) == 6

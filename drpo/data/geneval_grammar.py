@@ -2,7 +2,7 @@
 
 GenEval as a training reward needs training prompts from GenEval's grammar under another seed, and
 never its 553 test prompts. Rows use the metadata format of `geneval_evaluation_metadata.jsonl`
-(tag, include, exclude) and GenEval's phrasing (`drpo.world.grammar.prompt_text` reproduces all 553
+(tag, include, exclude) and GenEval's phrasing (`drpo.data.geneval_format.prompt_text` reproduces all 553
 real prompts from their clauses); the classes are GenEval's 80 COCO names, the colours its ten.
 Prompts that also appear in an `exclude` file (the test set) are dropped while drawing.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from drpo.data.geneval_format import GENEVAL_TAG_WEIGHTS, prompt_text
 from drpo.io import read_text
-from drpo.world.grammar import GENEVAL_TAG_WEIGHTS, prompt_text
 
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")

@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from PIL import Image
 
+from drpo.eval.judgement import Judge, Judgement  # noqa: F401  (the judge interface, re-exported)
 from drpo.io import read_jsonl
 from drpo.shards import parse_shard  # noqa: F401  (drpo.eval.judge.parse_shard)
 
@@ -39,21 +40,6 @@ METHOD_WINNERS = ("left", "right", "tie", "invalid")
 # -- the judge interface ------------------------------------------------------------------------
 
 
-@dataclass
-class Judgement:
-    """One verdict on a pair shown as (A first, B second)."""
-
-    winner: str  # "A" | "B" | "tie" | "invalid"
-    confidence: float | None
-    reason: str
-    raw: str
-
-
-@runtime_checkable
-class Judge(Protocol):
-    def judge(
-        self, prompt: str, image_a: Image.Image, image_b: Image.Image, metadata: dict | None = None
-    ) -> Judgement: ...
 
 
 # -- the message ----------------------------------------------------------------------------------

@@ -341,15 +341,19 @@ class OpenAIChatJudge:
 # -- factory --------------------------------------------------------------------------------------
 
 
-def build_judge(backend: str, **options: Any):
-    """qwen (path, device, dtype, max_new_tokens), openai (base_url, model, api_key_env, ...),
-    world (the shapes world's checker judge; options go to WorldJudge)."""
-    if backend == "qwen":
-        return QwenVLJudge(**options)
-    if backend == "openai":
-        return OpenAIChatJudge(**options)
-    if backend == "world":
-        from drpo.world.judge import WorldJudge
+# backend name -> "module:Class", imported only when chosen (the world's judge lives with the world)
+JUDGE_BACKENDS = {
+    "qwen": "drpo.eval.judge_backends:QwenVLJudge",  # path, device, dtype, max_new_tokens
+    "openai": "drpo.eval.judge_backends:OpenAIChatJudge",  # base_url, model, api_key_env, ...
+    "world": "drpo.world.judge:WorldJudge",  # the shapes world's checker judge
+}
 
-        return WorldJudge(**options)
-    raise ValueError(f"unknown judge backend {backend!r}; choose qwen, openai or world")
+
+def build_judge(backend: str, **options: Any):
+    """The judge of `backend` (JUDGE_BACKENDS) with its options."""
+    import importlib
+
+    if backend not in JUDGE_BACKENDS:
+        raise ValueError(f"unknown judge backend {backend!r}; choose {', '.join(JUDGE_BACKENDS)}")
+    module, _, name = JUDGE_BACKENDS[backend].partition(":")
+    return getattr(importlib.import_module(module), name)(**options)

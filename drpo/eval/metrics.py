@@ -401,29 +401,6 @@ def read_geneval_results(path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def world_correctness(manifest_path: str | os.PathLike, progress: bool = False) -> pd.DataFrame:
-    """Per-image correctness of a shapes-world manifest with the world's checker (GenEval rules)."""
-    from drpo.world.checker import check
-
-    rows = read_manifest(manifest_path)
-    out = []
-    it = rows
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(rows, desc="checking", unit="img")
-    for r in it:
-        meta = dict(r["metadata"] or {})
-        if "tag" not in meta:
-            raise ValueError(f"{manifest_path}: row prompt_id={r['prompt_id']} has no metadata.tag; not a GenEval-format prompt set")
-        image = load_images([r["_abs_path"]])[0].permute(1, 2, 0).numpy()
-        res = check(image, {"prompt": r["prompt"], **meta})
-        out.append({"prompt_id": int(r["prompt_id"]), "seed": int(r["seed"]), "tag": meta["tag"],
-                    "correct": bool(res.correct), "fraction": float(res.fraction), "reason": res.reason,
-                    "image_path": r["image_path"]})
-    return pd.DataFrame(out)
-
-
 def correctness_from_scores(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     """A score frame of a binary GenEval-style reward (1 correct, 0 wrong) as (tag, correct) rows."""
     if "tag" not in df.columns or df["tag"].isna().any():

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", help="metric name in the score file (default: the reward name)")
     parser.add_argument("--extractor", default="inception", help="features for --fid-ref/--distance-ref/--diversity: inception, random_conv, clip, dinov2")
     parser.add_argument("--extractor-options", default="{}", help="extractor options as JSON (inception/clip/dinov2 need path)")
-    parser.add_argument("--out", help="per-image score parquet (--reward; default <manifest folder>/scores.parquet)")
+    parser.add_argument("--out", help="per-image score parquet (--reward, --world-geneval; default <manifest folder>/scores.parquet)")
     parser.add_argument("--summary", help="summary JSON to write (printed either way)")
     parser.add_argument("--done", help="with --plan: JSON listing every summary written, written last (the workflow's output)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -166,9 +166,13 @@ def main(args: argparse.Namespace) -> int:
     if args.geneval_results:
         summary = {"kind": "geneval", "results": str(Path(args.geneval_results).resolve()),
                    **M.geneval_summary(M.read_geneval_results(args.geneval_results))}
-    elif args.world_geneval:
-        df = M.world_correctness(args.manifest, progress=not args.no_progress)
-        summary = {"kind": "geneval", **_provenance(args.manifest), **M.geneval_summary(df)}
+    elif args.world_geneval:  # the world's binary checker, by its registry name like any other reward
+        from drpo.rewards import build_reward
+
+        out = Path(args.out) if args.out else Path(args.manifest).parent / "scores.parquet"
+        scores = M.score_manifest(args.manifest, build_reward({"name": "world_checker"}, device=device), out, args.batch_size,
+                                  metric="world_checker", progress=not args.no_progress)
+        summary = {"kind": "geneval", **_provenance(args.manifest), **M.geneval_summary(M.correctness_from_scores(scores))}
     elif args.fid_ref or args.diversity or args.distance_ref:
         from drpo.eval.fid import build_extractor
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -272,3 +273,29 @@ def check(image, row: dict) -> CheckResult:
     """GenEval-style verdict on an image (H, W, 3) uint8 for a metadata row, from pixels alone."""
     validate_row(row)
     return evaluate(detect(image), row)
+
+
+def manifest_correctness(manifest_path: str | Path, progress: bool = False):
+    """Per-image correctness of a shapes-world manifest with the world's checker (GenEval rules): a
+    DataFrame of prompt_id, seed, tag, correct, fraction, reason, image_path."""
+    import pandas as pd
+
+    from drpo.eval.metrics import load_images, read_manifest
+
+    rows = read_manifest(manifest_path)
+    out = []
+    it = rows
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(rows, desc="checking", unit="img")
+    for r in it:
+        meta = dict(r["metadata"] or {})
+        if "tag" not in meta:
+            raise ValueError(f"{manifest_path}: row prompt_id={r['prompt_id']} has no metadata.tag; not a GenEval-format prompt set")
+        image = load_images([r["_abs_path"]])[0].permute(1, 2, 0).numpy()
+        res = check(image, {"prompt": r["prompt"], **meta})
+        out.append({"prompt_id": int(r["prompt_id"]), "seed": int(r["seed"]), "tag": meta["tag"],
+                    "correct": bool(res.correct), "fraction": float(res.fraction), "reason": res.reason,
+                    "image_path": r["image_path"]})
+    return pd.DataFrame(out)

@@ -11,27 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from drpo.eval.judgement import Judgement
 from drpo.world.checker import CheckResult, check
 from drpo.world.rewards import metadata_row
-
-try:  # the project's judge interface, when present
-    from drpo.eval.judge import Judgement
-except ModuleNotFoundError as err:  # pragma: no cover - depends on which modules exist
-    if err.name not in ("drpo.eval.judge",):
-        raise
-
-    @dataclass
-    class Judgement:  # type: ignore[no-redef]
-        winner: str  # "A" | "B" | "tie" | "invalid"
-        confidence: float | None
-        reason: str
-        raw: str
-
 
 Secondary = Callable[[Image.Image, str], float]
 
