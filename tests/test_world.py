@@ -48,14 +48,14 @@ def test_generate_prompts_is_seeded_and_covers_every_tag():
 
 
 def test_split_is_disjoint_unique_seeded_and_keeps_every_tag():
-    train, test = split_prompts(400, 120, seed=0)
+    train, test, _ = split_prompts(400, 120, seed=0)
     assert len(train) == 400 and len(test) == 120
     tr, te = [r["prompt"] for r in train], [r["prompt"] for r in test]
     assert len(set(tr)) == 400 and len(set(te)) == 120  # deduplicated
     assert not set(tr) & set(te)  # disjoint
     assert {r["tag"] for r in train} == {r["tag"] for r in test} == set(TAGS)
     assert [r["prompt_id"] for r in test] == list(range(120))
-    assert split_prompts(400, 120, seed=0) == (train, test)
+    assert split_prompts(400, 120, seed=0)[:2] == (train, test)
     assert {r["prompt"] for r in split_prompts(400, 120, seed=1)[1]} != set(te)
     with pytest.raises(ValueError, match="distinct prompts"):
         split_prompts(700, 100, seed=0)
@@ -403,7 +403,7 @@ def test_base_generator_beats_random_init_and_varies_with_the_seed(tmp_path):
 
     torch.set_num_threads(2)
     # a short recipe on the one-object tags (the default recipe runs 5 minutes on all six)
-    train, _ = split_prompts(30, 5, seed=0, tags=["single_object", "colors"])
+    train, _, _ = split_prompts(30, 5, seed=0, tags=["single_object", "colors"])
     write_jsonl(tmp_path / "train.jsonl", train)
     recipe = BaseRecipe(vae_steps=400, regression_steps=600)
     base = OneStepGenerator.from_pretrained(train_base(tmp_path / "train.jsonl", tmp_path / "base", recipe, log=lambda m: None))

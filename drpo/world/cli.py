@@ -3,6 +3,7 @@
     drpo world prompts --n 200 --seed 0 --out prompts.jsonl          # GenEval-format rows, may repeat
     drpo world prompts --split test --n-train 400 --n-test 120 --seed 0 --out test.jsonl
     drpo world prompts --split both --n-train 400 --n-test 120 --out world.jsonl   # world_{train,test}.jsonl
+    drpo world prompts --split val --n-train 400 --n-test 120 --n-val 100 --out val.jsonl   # neither train nor test
     drpo world render --prompts test.jsonl --out grid.png
     drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~8 min on 2 cores
     drpo world train-reward --prompts world_train.jsonl --out results/world/reward_model
@@ -35,10 +36,11 @@ def _add_prompts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="JSONL file to write (with --split both: its stem gets _train/_test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, help="number of rows drawn independently (GenEval's generator; may repeat)")
-    p.add_argument("--split", choices=["train", "test", "both"],
-                   help="write disjoint unique sets instead: one of them, or both")
+    p.add_argument("--split", choices=["train", "val", "test", "both"],
+                   help="write disjoint unique sets instead: one of them, or both train and test")
     p.add_argument("--n-train", type=int, help="with --split: training prompts")
     p.add_argument("--n-test", type=int, help="with --split: test prompts")
+    p.add_argument("--n-val", type=int, default=0, help="with --split: validation prompts (drawn from what train and test left)")
     p.add_argument("--tags", help="comma-separated subset of tags (default: all six)")
     p.add_argument("--max-test-fraction", type=float, default=0.5,
                    help="with --split: at most this fraction of each tag's distinct prompts go to the test set")
@@ -57,14 +59,16 @@ def _run_prompts(args: argparse.Namespace) -> int:
         return 0
     if args.n_train is None or args.n_test is None:
         raise ValueError("drpo world prompts --split: give both --n-train and --n-test (the split depends on both)")
-    train, test = split_prompts(args.n_train, args.n_test, args.seed, tags=_tags(args.tags),
-                                max_test_fraction=args.max_test_fraction)
+    splits = split_prompts(args.n_train, args.n_test, args.seed, tags=_tags(args.tags),
+                           max_test_fraction=args.max_test_fraction, n_val=args.n_val)
+    if args.split == "val" and not args.n_val:
+        raise ValueError("drpo world prompts --split val: give --n-val N (world.val_prompts in a config)")
     if args.split == "both":
         targets = {"train": out.with_name(f"{out.stem}_train{out.suffix}"), "test": out.with_name(f"{out.stem}_test{out.suffix}")}
     else:
         targets = {args.split: out}
     for name, path in targets.items():
-        rows = train if name == "train" else test
+        rows = getattr(splits, name)
         write_jsonl(path, rows)
         print(f"wrote {len(rows)} {name} prompts ({_summary(rows)}) to {path}")
     return 0

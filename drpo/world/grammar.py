@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from drpo.data.geneval_format import GENEVAL_TAG_WEIGHTS, NUMBERS, TAGS, prompt_text  # noqa: F401  (the world's names)
 
@@ -117,14 +118,23 @@ def _allocate(total: int, weights: dict[str, float], caps: dict[str, int]) -> di
     return alloc
 
 
+class Splits(NamedTuple):
+    train: list[dict]
+    test: list[dict]
+    val: list[dict]
+
+
 def split_prompts(n_train: int, n_test: int, seed: int, tag_weights: Mapping[str, float] | None = None,
-                  tags: Iterable[str] | None = None, max_test_fraction: float = 0.5) -> tuple[list[dict], list[dict]]:
-    """Disjoint (train, test) sets of unique prompts, tags in proportion to `tag_weights` where the
-    grammar allows.
+                  tags: Iterable[str] | None = None, max_test_fraction: float = 0.5, n_val: int = 0) -> Splits:
+    """Disjoint (train, test, val) sets of unique prompts, tags in proportion to `tag_weights` where
+    the grammar allows.
 
     The test set is drawn first, at most `max_test_fraction` of each tag's distinct prompts (so
     every tag keeps training prompts); a tag with too few prompts hands its share to the others.
-    `prompt_id` counts from 0 in each set. Too many prompts asked for is an error naming the limit.
+    The validation set, where recipes are chosen, comes from what neither took, so asking for one
+    changes neither train nor test (on this grammar it is mostly the large tags: colour attribution
+    and position). `prompt_id` counts from 0 in each set. Too many prompts asked for is an error
+    naming the limit.
     """
     weights = _weights(tag_weights, tags)
     names = [t for t in TAGS if t in weights]
@@ -135,9 +145,9 @@ def split_prompts(n_train: int, n_test: int, seed: int, tag_weights: Mapping[str
         rng.shuffle(pool)
         pools[t] = pool
     total = sum(len(p) for p in pools.values())
-    if n_train + n_test > total:
-        raise ValueError(f"split_prompts: asked for {n_train} train + {n_test} test prompts but the grammar "
-                         f"has only {total} distinct prompts for tags {names}; lower world.train_prompts/test_prompts")
+    if n_train + n_test + n_val > total:
+        raise ValueError(f"split_prompts: asked for {n_train} train + {n_test} test + {n_val} validation prompts but the "
+                         f"grammar has only {total} distinct prompts for tags {names}; lower world.train_prompts/test_prompts/val_prompts")
     test_caps = {t: int(len(pools[t]) * max_test_fraction) for t in names}
     if n_test > sum(test_caps.values()):
         raise ValueError(f"split_prompts: n_test={n_test} exceeds {sum(test_caps.values())} "
@@ -154,8 +164,12 @@ def split_prompts(n_train: int, n_test: int, seed: int, tag_weights: Mapping[str
         return [{**r, "prompt_id": i} for i, r in enumerate(rows)]
 
     train, test = _finish(train_rows), _finish(test_rows)
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
-    return train, test
+    val_pools = {t: train_pools[t][n_train_tag[t]:] for t in names}
+    n_val_tag = _allocate(n_val, weights, {t: len(p) for t, p in val_pools.items()})
+    val = _finish({t: val_pools[t][: n_val_tag[t]] for t in names})
+    seen = [{r["prompt"] for r in rows} for rows in (train, test, val)]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    return Splits(train, test, val)
 
 
 def validate_row(row: Mapping) -> None:
