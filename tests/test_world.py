@@ -61,6 +61,30 @@ def test_split_is_disjoint_unique_seeded_and_keeps_every_tag():
         split_prompts(700, 100, seed=0)
 
 
+def test_a_validation_split_changes_neither_train_nor_test(tmp_path):
+    from collections import Counter
+
+    from drpo.world.cli import main as world_main
+
+    plain, with_val = split_prompts(400, 120, seed=0), split_prompts(400, 120, seed=0, n_val=120)
+    assert (with_val.train, with_val.test) == (plain.train, plain.test) and plain.val == []
+    val = {r["prompt"] for r in with_val.val}
+    assert len(val) == 120 and not val & {r["prompt"] for r in plain.train + plain.test}
+    # this grammar's small tags are all used by train and test: the leftovers are colour attribution
+    assert Counter(r["tag"] for r in with_val.val) == {"color_attr": 120}
+    with pytest.raises(ValueError, match=r"400 train \+ 120 test \+ 9000 validation prompts"):
+        split_prompts(400, 120, seed=0, n_val=9000)
+    import argparse
+
+    args = argparse.Namespace(out=str(tmp_path / "v.jsonl"), seed=0, n=None, split="val", n_train=400, n_test=120, n_val=0,
+                              tags=None, max_test_fraction=0.5, world_command="prompts")
+    with pytest.raises(ValueError, match="--split val: give --n-val N"):
+        world_main(args)
+    args.n_val = 120
+    assert world_main(args) == 0
+    assert [json.loads(line)["prompt"] for line in (tmp_path / "v.jsonl").read_text().splitlines()] == [r["prompt"] for r in with_val.val]
+
+
 def test_prompt_phrasing_reproduces_genevals_own_prompts():
     if not GENEVAL.exists():
         pytest.skip(f"{GENEVAL} not present")
