@@ -408,7 +408,7 @@ def config_digest(config: dict) -> str:
     return config_hash(config)
 
 
-def judge_pairs(config: dict) -> list[tuple[str, str]]:
+def judged_model_pairs(config: dict) -> list[tuple[str, str]]:
     """(method, other) model names compared by the judge: DrPO vs each of `against`, per seed."""
     judge = config["evaluation"].get("judge")
     if not judge:
@@ -736,7 +736,7 @@ def judge_summaries(config: dict) -> list[dict]:
     """Every judge summary the config implies: test set, the judged model (DrPO, a run id), its
     opponent (a model id) and the summary's path."""
     return [{"test_set": ts, "judged": a, "opponent": b, "path": f"{results_dir(config)}/judge/{ts}/{a}__vs__{b}.json"}
-            for ts in config["evaluation"]["test_sets"] for a, b in judge_pairs(config)]
+            for ts in config["evaluation"]["test_sets"] for a, b in judged_model_pairs(config)]
 
 
 TIMED_METHODS = ("drpo", "draft")
