@@ -331,15 +331,17 @@ def geneval_table(results, name: str, paper: str | None = None, spec: dict | Non
 _REFERENCE_METRICS = [("pickscore", "PickScore"), ("clip", "CLIP"), ("aesthetic", "AES"), ("hpsv2", "HPSv2")]
 
 
-def _metric_columns(sub, paper_metrics: list[tuple[str, str]] | None) -> tuple[list[tuple[str | None, str]], list[str], list[str]]:
+def _metric_columns(sub, paper_metrics: list[tuple[str, str]] | None,
+                    spec: dict | None = None) -> tuple[list[tuple[str | None, str]], list[str], list[str]]:
     """(lookups, column labels, groups): with the paper's table its metrics on their one test set
-    (any test set of ours), else our test set × metric in order of appearance."""
+    (any test set of ours), else our test set × metric in order of appearance, a checker's GenEval
+    overall first and every metric by its config label (as the generic builder)."""
     if paper_metrics is not None:
         return [(None, m) for m, _ in paper_metrics], [h for _, h in paper_metrics], []
-    cols = _our_columns(sub)
-    labels = dict(_REFERENCE_METRICS)
+    cols = _overall_first(_our_columns(sub))
+    labels = {**dict(_REFERENCE_METRICS), **((spec or {}).get("metric_labels") or {})}
     groups = [P.TEST_SETS.get(ts, ts) for ts, _ in cols] if len({ts for ts, _ in cols}) > 1 else []
-    return cols, [labels.get(m, m) for _, m in cols], groups
+    return cols, [_column_label(m, labels, {m for _, m in cols}) for _, m in cols], groups
 
 
 def reference_objective_table(results, name: str, paper: str | None = None, spec: dict | None = None) -> Table:
@@ -347,7 +349,7 @@ def reference_objective_table(results, name: str, paper: str | None = None, spec
     _check_paper("reference", paper)
     sub = table_rows(_results(results), name, paper)
     keys = _row_keys(sub, paper)
-    cols, labels, groups = _metric_columns(sub, _REFERENCE_METRICS if paper else None)
+    cols, labels, groups = _metric_columns(sub, _REFERENCE_METRICS if paper else None, spec)
     title = ("Reference objective (SD-Turbo, Pick-a-Pic v2; PickScore, CLIP, HPSv2 ×100)" if paper
              else f"{_title(name)}: reference objective")
     return Table(name=name, title=title, row_header="Objective", rows=[P.row_label(paper, k) for k in keys],
@@ -366,7 +368,7 @@ def ablation_table(results, name: str, paper: str | None = None, spec: dict | No
     _check_paper("ablation", paper)
     sub = table_rows(_results(results), name, paper)
     keys = _row_keys(sub, paper)
-    cols, labels, groups = _metric_columns(sub, [("pickscore", "PS"), ("aesthetic", "AES")] if paper else None)
+    cols, labels, groups = _metric_columns(sub, [("pickscore", "PS"), ("aesthetic", "AES")] if paper else None, spec)
     what = ABLATIONS[paper] if paper else str((spec or {}).get("ablation") or _title(name))
     title = f"Ablation: {what} (SD-Turbo, Pick-a-Pic v2)" if paper else f"Ablation: {what}"
     return Table(name=name, title=title, row_header=what, rows=[P.row_label(paper, k) for k in keys],
