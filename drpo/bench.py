@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import platform
 import statistics
 import tempfile
@@ -25,6 +26,8 @@ from pathlib import Path
 import torch
 
 from drpo.io import write_json
+
+log = logging.getLogger(__name__)
 
 
 def _reward_clip(folder: Path, target_params: int, image_size: int) -> int:
@@ -520,5 +523,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     {"update": bench_update, "memory": bench_memory, "timing": bench_timing, "drift": bench_drift,
      "sample": bench_sample}[args.bench](args)
-    print(f"wrote {args.out}")
+    log.info("wrote %s", args.out)
     return 0

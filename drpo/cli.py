@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -33,6 +34,58 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+log = logging.getLogger("drpo.cli")  # not __name__: `python -m drpo.cli` runs this module as __main__
+HANDLER_NAME = "drpo-stderr"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the `sys.stderr` of the moment, not the one at configure time: a command served by
+    the preload server (`drpo.preload`) runs in a child of the process that configured logging, and
+    pytest's capsys replaces sys.stderr per test."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # StreamHandler's would assign `stream`, a property here
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
+class _Formatter(logging.Formatter):
+    """`drpo: message` for INFO; `drpo: warning: message`, `drpo: error: message` and
+    `drpo: debug: logger: message` for the other levels. A record logged with
+    `extra={"command": name}` reads `drpo name: ...` (`drpo train: error: ...`)."""
+
+    LABELS = {logging.DEBUG: "debug: ", logging.INFO: "", logging.WARNING: "warning: ", logging.ERROR: "error: ",
+              logging.CRITICAL: "error: "}
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        command = getattr(record, "command", None)
+        label = self.LABELS.get(record.levelno, f"{record.levelname.lower()}: ")
+        if record.levelno < logging.INFO:
+            label += f"{record.name}: "
+        return f"drpo{' ' + command if command else ''}: {label}{record.message}"
+
+
+def configure_logging(debug: bool = False) -> None:
+    """The `drpo` logger's one handler, to stderr (INFO and up; DEBUG with --debug or DRPO_DEBUG=1).
+    Idempotent: a command the preload server forks enters `main` again in a process that already has it.
+    Records still propagate to the root logger (pytest's caplog); library code never configures logging."""
+    logger = logging.getLogger("drpo")
+    # by name, not class: a server started as `python -m drpo.cli` defined its class in __main__
+    if not any(h.get_name() == HANDLER_NAME for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(_Formatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    end = argv.index("--") if "--" in argv else len(argv)
+    return "--debug" in argv[:end] or os.environ.get("DRPO_DEBUG", "0") not in ("", "0")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's default in --help (unless its help already says it, or there is none);
     epilogs (config keys, fetch examples) keep their layout."""
@@ -52,7 +105,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"drpo {__version__}")
     parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (also: DRPO_DEBUG=1)")
+                        help="show the full traceback of an error and debug messages (also: DRPO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
@@ -73,6 +126,8 @@ def _inherit_formatter(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    configure_logging(debug)
     if argv[:1] != ["preload"] and os.environ.get("DRPO_PRELOAD_SOCKET"):
         from drpo import preload  # a warm server of this workflow run is announced: use it
 
@@ -81,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
             return code
     # --debug may stand anywhere before a `--` (drpo train ... --debug), not only before the command
     end = argv.index("--") if "--" in argv else len(argv)
-    debug = "--debug" in argv[:end]
     argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
@@ -95,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, FileNotFoundError, KeyError) as err:
         # User errors (bad config, missing or corrupt file, a failing reward) get one clear line;
         # the message names the file, key or value and the fix. --debug shows the traceback.
-        if debug or os.environ.get("DRPO_DEBUG", "0") not in ("", "0"):
+        if debug:
             raise
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"drpo {args.command}: error: {message}", file=sys.stderr)
+        log.error("%s", message, extra={"command": args.command})
         return 2
 
 

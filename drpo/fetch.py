@@ -35,6 +35,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import fnmatch  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -44,6 +45,8 @@ from urllib.parse import urlsplit  # noqa: E402
 from drpo.errors import UserError  # noqa: E402
 from drpo.io import sha256_file  # noqa: E402  (re-exported: drpo.fetch.sha256_file)
 from drpo.train.registry import method_spec  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # -- what is known about each item ----------------------------------------------------------------
 
@@ -771,7 +774,8 @@ def _item_url(item: Item) -> str | None:
     return None
 
 
-def fetch_missing(items: list[Item], *, models_dir: str | None = None, timeout: float = 30.0, log=print) -> None:
+def fetch_missing(items: list[Item], *, models_dir: str | None = None, timeout: float = 30.0,
+                  log: Callable[[str], None] = log.info) -> None:
     """Download every missing downloadable item; failures are recorded in item.problem."""
     probes: dict = {}
     for item in items:
@@ -857,12 +861,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
     reason = offline_requested(args.offline)
     if reason is None:
-        fetch_missing(items, models_dir=args.models_dir, timeout=args.timeout, log=lambda m: print(m, file=sys.stderr))
+        fetch_missing(items, models_dir=args.models_dir, timeout=args.timeout)
         reason = "after downloading what could be"
     else:
         reason = f"offline: {reason}; nothing was downloaded"
     if all(i.present for i in items):
-        print("fetch: everything is present")
+        log.info("fetch: everything is present")
         return 0
-    print(format_missing(items, reason), file=sys.stderr)
+    log.error("%s", format_missing(items, reason))
     return 1

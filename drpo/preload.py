@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import selectors
 import signal
@@ -42,6 +43,9 @@ IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DIFFUSERS_", "T
 MAX_REQUEST = 1 << 20
 MAX_CHILDREN = 64  # more at once is a runaway, not a workflow: the rest run on their own
 IN_CHILD = False  # set in a served child: its own `drpo.cli.main` must run the command, not ask the server again
+
+log = logging.getLogger(__name__)
+SERVER = {"command": "preload"}  # the server's own lines read `drpo preload: ...`
 
 
 def _import_env(env: dict) -> dict:
@@ -96,7 +100,7 @@ def try_run(argv: list[str]) -> int | None:
             except InterruptedError:
                 continue
             if not data:  # the server died: the child went with it
-                print("drpo: the preload server stopped while running this command", file=sys.stderr)
+                log.error("the preload server stopped while running this command")
                 return 1
             message = json.loads(data)
             if "exit" in message:
@@ -166,7 +170,7 @@ def serve(path: str, modules: tuple[str, ...] = MODULES, idle_timeout: float | N
         try:
             importlib.import_module(name)
         except ImportError as err:
-            print(f"drpo preload: {name} not imported ({err})", file=sys.stderr)
+            log.warning("%s not imported (%s)", name, err, extra=SERVER)
     Path(path).unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path + ".tmp")
@@ -236,8 +240,7 @@ def _accept(conn, own_env: dict, children: dict, selector, listener) -> None:
     if len(fds) != 3 or differs or len(children) >= MAX_CHILDREN:
         for fd in fds:
             os.close(fd)
-        print(f"drpo preload: runs on its own (environment differs in {differs}): drpo {' '.join(request['argv'][:2])}",
-              file=sys.stderr, flush=True)
+        log.info("runs on its own (environment differs in %s): drpo %s", differs, " ".join(request["argv"][:2]), extra=SERVER)
         _send(conn, {"fallback": f"environment differs: {', '.join(differs)}" if differs else "no streams, or too many commands"})
         conn.close()
         return

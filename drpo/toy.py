@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from drpo.drift import preference_drift, reference_drift
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -201,10 +204,10 @@ def main(args: argparse.Namespace) -> int:
     cfg = ToyConfig(seed=args.seed, steps=args.steps, pretrain_steps=args.pretrain_steps, lambda_ref=args.lambda_ref, out=args.out)
     t0 = time.perf_counter()
     s = run(cfg)
-    print(
+    print(  # the demonstration's result
         f"mean reward: base {s['reward_base']:.3f} -> DrPO {s['reward_noref']:.3f} (λ_ref=0), "
         f"{s['reward_ref']:.3f} (λ_ref={cfg.lambda_ref:g})\n"
-        f"mean shift from the base's samples: {s['shift_noref']:.3f} (λ_ref=0) vs {s['shift_ref']:.3f}\n"
-        f"wrote {s['figure']} in {time.perf_counter() - t0:.1f} s"
+        f"mean shift from the base's samples: {s['shift_noref']:.3f} (λ_ref=0) vs {s['shift_ref']:.3f}"
     )
+    log.info("wrote %s in %.1f s", s["figure"], time.perf_counter() - t0)
     return 0

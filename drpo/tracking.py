@@ -24,6 +24,7 @@ import functools
 import getpass
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -33,6 +34,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"  # a SQLite store's artifacts: <db folder>/mlartifacts/<experiment>
@@ -279,8 +282,7 @@ class Tracker:
         self._warned = True
         why = err if isinstance(err, str) else f"{type(err).__name__}: {_first_line(err)}"
         where = self.metrics_path if self.metrics_path else "the job log only (no local metrics file)"
-        print(f"drpo: warning: MLflow at {self.uri} unreachable: {why}; metrics continue in {where}",
-              file=sys.stderr, flush=True)
+        log.warning("MLflow at %s unreachable: %s; metrics continue in %s", self.uri, why, where)
 
     def _call(self, fn, *args, **kwargs) -> Any:
         if not self.enabled:
@@ -371,7 +373,7 @@ class Tracker:
         if not self.enabled:
             return
         if not path.exists():
-            print(f"drpo: warning: artifact {path} does not exist; not logged to MLflow", file=sys.stderr)
+            log.warning("artifact %s does not exist; not logged to MLflow", path)
             return
         if path.is_dir():
             self._call(self._client.log_artifacts, self.run_id, str(path), artifact_path)

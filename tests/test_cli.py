@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import pytest
 
@@ -23,3 +24,23 @@ def test_every_help_shows_the_defaults(command):
                 continue
             assert "default" in " ".join(p._get_formatter()._expand_help(action).split()), (p.prog, action.option_strings)
     assert text.startswith("usage: drpo " + command)
+
+
+def test_status_goes_to_stderr_with_the_drpo_prefix_results_to_stdout(tmp_path, capsys):
+    """Diagnostics are logged (`drpo: ...` on stderr); stdout holds only what a command was asked for."""
+    from drpo.cli import main
+
+    out = tmp_path / "p.jsonl"
+    assert main(["world", "prompts", "--n", "4", "--seed", "0", "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and out.exists()
+    assert stderr.startswith("drpo: wrote 4 prompts (") and stderr.rstrip().endswith(f"to {out}")
+    assert stderr.count("drpo: wrote") == 1  # one handler, however often main is entered
+    assert main(["world", "prompts", "--n", "4", "--out", str(out)]) == 0
+    assert capsys.readouterr().err.count("drpo: wrote") == 1
+    # a user error: one `drpo COMMAND: error:` line; a warning: `drpo: warning:`
+    assert main(["world", "prompts", "--out", str(out)]) == 2
+    stdout, stderr = capsys.readouterr()
+    assert stdout == "" and stderr.startswith("drpo world: error: drpo world prompts: give --n N")
+    logging.getLogger("drpo.test").warning("careful")
+    assert capsys.readouterr().err == "drpo: warning: careful\n"

@@ -143,3 +143,18 @@ def test_a_served_sample_draws_the_same_images_as_a_fresh_process(tmp_path):
     assert len(images) == 2
     for rel in images:
         assert (tmp_path / "fresh" / rel).read_bytes() == (tmp_path / "served" / rel).read_bytes(), rel
+
+
+def test_a_served_commands_log_lines_reach_its_own_stderr_once(server, tmp_path):
+    """Logging is configured in the server before the fork; a served command's status and error lines
+    go to the client's stderr (resolved when written), once, and none to the server's."""
+    path, proc = server
+    served = _client("world", "prompts", "--n", "3", "--out", str(tmp_path / "p.jsonl"))
+    assert served.returncode == 0 and served.stdout == "", served.stderr
+    assert served.stderr.count("drpo: wrote 3 prompts") == 1 and served.stderr.rstrip().endswith(f"to {tmp_path / 'p.jsonl'}")
+    failed = _client("world", "prompts", "--out", str(tmp_path / "p.jsonl"))
+    assert failed.returncode == 2 and failed.stderr.count("drpo world: error:") == 1, failed.stderr
+    proc.terminate()
+    server_log = proc.communicate(timeout=10)[0]
+    assert "runs on its own" not in server_log, server_log  # served, not run by the client itself
+    assert "wrote" not in server_log and "error" not in server_log, server_log

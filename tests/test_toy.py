@@ -26,6 +26,7 @@ def test_toy_cli_prints_where_it_wrote(tmp_path):
         [sys.executable, "-m", "drpo.cli", "toy", "--steps", "20", "--pretrain-steps", "50", "--out", str(out)],
         capture_output=True, text=True, check=True,
     )
-    assert f"wrote {out}" in proc.stdout and out.exists()
+    assert "mean reward: base" in proc.stdout and out.exists()  # the result on stdout, the status on stderr
+    assert f"drpo: wrote {out}" in proc.stderr and "wrote" not in proc.stdout
     help_text = subprocess.run([sys.executable, "-m", "drpo.cli", "toy", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--lambda-ref" in help_text

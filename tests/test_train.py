@@ -156,17 +156,17 @@ def test_a_fresh_run_in_a_used_folder_starts_its_own_metrics_log(assets, tmp_pat
     assert steps == [1, 2]
 
 
-def test_resume_ignores_checkpoints_of_another_config(assets, tmp_path, capsys):
+def test_resume_ignores_checkpoints_of_another_config(assets, tmp_path, caplog):
     first = train_config_from_dict(config(assets, tmp_path / "run", steps=2, checkpoint__every=1, method="pso", pso__candidates=6))
     Trainer(first, progress=False).train()
     changed = train_config_from_dict(config(assets, tmp_path / "run", steps=2, checkpoint__every=1, method="pso", pso__candidates=6, optim__lr=5e-3))
     resumed = Trainer(changed, resume=True, progress=False)
-    assert resumed.start_step == 0 and "another config" in capsys.readouterr().out
+    assert resumed.start_step == 0 and "another config" in caplog.text  # a warning (drpo: warning: on stderr)
     extended = train_config_from_dict(config(assets, tmp_path / "run", steps=3, checkpoint__every=1, method="pso", pso__candidates=6))
     assert Trainer(extended, resume=True, progress=False).start_step == 1  # more steps, same updates: resumes
 
 
-def test_a_fresh_run_that_fails_erases_nothing_of_the_run_before_it(assets, tmp_path, capsys):
+def test_a_fresh_run_that_fails_erases_nothing_of_the_run_before_it(assets, tmp_path, caplog):
     """Re-running a finished folder with a config whose reward crashes used to truncate the old
     metrics log and rewrite its config.json; --resume with another config used to overwrite its
     checkpoints. Both now move the earlier run to replaced/<time>/ before anything is written."""
@@ -184,4 +184,4 @@ def test_a_fresh_run_that_fails_erases_nothing_of_the_run_before_it(assets, tmp_
         Trainer(cfg, resume=True, tracker=training_tracker(cfg), progress=False).train()
     (kept,) = (out / "replaced").iterdir()
     assert {name: (kept / name).read_bytes() for name in before} == before
-    assert "another config" in capsys.readouterr().out
+    assert "another config" in caplog.text

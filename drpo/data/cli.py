@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +72,8 @@ def main(args: argparse.Namespace) -> int:
         info = P.read_sidecar(out)
         dropped = [f"{n} {what}" for n, what in ((info.get("duplicates_dropped", 0), "repeats"),
                                                   (len(info.get("excluded_dropped", [])), "excluded prompts")) if n]
-        print(f"wrote {out}: {info['count']} prompts{' (dropped: ' + ', '.join(dropped) + ')' if dropped else ''}, "
-              f"source sha256 {info['source_sha256']}")
+        log.info("wrote %s: %d prompts%s, source sha256 %s", out, info["count"],
+                 f" (dropped: {', '.join(dropped)})" if dropped else "", info["source_sha256"])
         return 0
     if args.prompts_command == "pickapic-pairs":
         from drpo.data.pickapic import build_pickapic_pairs
@@ -78,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         excluded = [r["prompt"] for f in args.exclude_prompts for r in P.load_prompts(f)]
         stats = build_pickapic_pairs(args.parquet, args.out, max_pairs=args.max_pairs,
                                      exclude_prompts=excluded, ties=args.ties)
-        print(f"wrote {args.out}/pairs.jsonl: {json.dumps(stats.__dict__)}")
+        log.info("wrote %s/pairs.jsonl: %s", args.out, json.dumps(stats.__dict__))
         return 0
     if args.prompts_command == "geneval-grammar":
         from drpo.data.geneval_grammar import generate, read_object_names
@@ -90,9 +93,10 @@ def main(args: argparse.Namespace) -> int:
         for f in args.exclude:
             P.check_disjoint(rows, P.load_prompts(f), train_name=args.out, test_name=f)
         write_jsonl(args.out, rows)
-        print(f"wrote {args.out}: {len(rows)} GenEval-grammar prompts (seed {args.seed}), disjoint from {args.exclude or 'nothing'}")
+        log.info("wrote %s: %d GenEval-grammar prompts (seed %d), disjoint from %s", args.out, len(rows), args.seed,
+                 args.exclude or "nothing")
         return 0
     train, test = P.load_prompts(args.train), P.load_prompts(args.test)
     P.check_disjoint(train, test, train_name=args.train, test_name=args.test)
-    print(f"disjoint: {len(train)} prompts in {args.train}, {len(test)} in {args.test}")
+    print(f"disjoint: {len(train)} prompts in {args.train}, {len(test)} in {args.test}")  # the check's answer
     return 0

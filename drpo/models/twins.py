@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 RESOLUTION = 32
 MANIFEST = "twins.json"
@@ -476,7 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.list:
         for name, twin in TWINS.items():
-            print(f"{name:12s} {twin.stands_for}  (marker: {twin.marker})")
+            print(f"{name:12s} {twin.stands_for}  (marker: {twin.marker})")  # the listing asked for
         return 0
     names, seed, config = list(args.names), args.seed, None
     if args.config:
@@ -497,10 +500,10 @@ def main(args: argparse.Namespace) -> int:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    path = build(names, out, seed=seed or 0, log=print)
+    path = build(names, out, seed=seed or 0, log=log.info)
     if config is not None and out == Path(twins_dir(config)):
         missing = check_built(config)
         if missing:
             raise FileNotFoundError(f"the config references twin paths the build did not write: {missing}")
-    print(f"wrote {path}")
+    log.info("wrote %s", path)
     return 0

@@ -6,11 +6,14 @@ Multi-process: `accelerate launch --num_processes N -m drpo.cli train --config r
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import yaml
 
 from drpo.train.config import METHODS
+
+log = logging.getLogger(__name__)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -82,5 +85,5 @@ def main(args: argparse.Namespace) -> int:
         if tracker is not None:
             tracker.close(status)
     if trainer.accelerator.is_main_process:
-        print(f"wrote {final}")
+        log.info("wrote %s", final)
     return 0

@@ -226,8 +226,8 @@ class Trainer:
                 self._resume_state = state
                 return path
         if readable and self.accelerator.is_main_process:
-            print(f"--resume: the checkpoints in {self.out} were trained with another config; starting from scratch "
-                  f"(they are moved to {self.out}/replaced/)")
+            log.warning("--resume: the checkpoints in %s were trained with another config; starting from scratch "
+                        "(they are moved to %s/replaced/)", self.out, self.out)
         return None
 
     def _metrics_log(self) -> Path | None:
@@ -262,8 +262,8 @@ class Trainer:
         kept.mkdir(parents=True)
         for path in previous:
             os.replace(path, kept / path.name)
-        print(f"{self.out} held an earlier run ({', '.join(sorted(p.name for p in previous))}); "
-              f"starting from scratch, the earlier run is kept in {kept}")
+        log.info("%s held an earlier run (%s); starting from scratch, the earlier run is kept in %s",
+                 self.out, ", ".join(sorted(p.name for p in previous)), kept)
         return kept
 
     def _load_state(self, ckpt: Path) -> None:
@@ -277,7 +277,7 @@ class Trainer:
         self.start_step = int(state["step"])
         self.resumed_from = ckpt
         if self.accelerator.is_main_process:
-            print(f"resumed from {ckpt} at update {self.start_step}")
+            log.info("resumed from %s at update %d", ckpt, self.start_step)
 
     def save_checkpoint(self, step: int) -> Path | None:
         """checkpoint-{step}/: unet_lora/ (PEFT), training_state.pt and .json; written atomically."""
@@ -418,8 +418,8 @@ class Trainer:
                 loss, reward = metrics.get("loss", float("nan")), metrics.get("reward/mean", float("nan"))
                 bar.set_postfix(loss=f"{loss:.3g}", reward=f"{reward:.3g}")
                 if not self.progress and acc.is_main_process and ((done - self.start_step) % line_every == 0 or done == cfg.steps):
-                    print(progress_line(cfg.method, done, cfg.steps, done - self.start_step, time.perf_counter() - started, loss, reward),
-                          flush=True)
+                    log.info("%s", progress_line(cfg.method, done, cfg.steps, done - self.start_step, time.perf_counter() - started,
+                                                 loss, reward))
             bar.update(1)
             if cfg.tracking.sample_grid_every and done % cfg.tracking.sample_grid_every == 0 and acc.is_main_process:
                 grid = self.sample_grid(done)

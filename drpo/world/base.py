@@ -21,9 +21,11 @@ the folder only counts as finished when complete), with a grid of samples beside
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +39,8 @@ from drpo.models.seeds import latent_seed
 from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,7 +81,8 @@ class _TagBalanced:
         return np.asarray([g[self.rng.integers(0, len(g))] for g in (self.groups[t] for t in tags)])
 
 
-def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = BaseRecipe(), log=print) -> Path:
+def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = BaseRecipe(),
+               log: Callable[[str], None] = log.info) -> Path:
     from drpo.models.generators import OneStepGenerator
     from drpo.models.tiny import build_tiny_sd_turbo
     from drpo.train.data import load_prompt_rows

@@ -16,11 +16,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from drpo.io import read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
 
 
 def _tags(value: str | None) -> list[str] | None:
@@ -55,7 +58,7 @@ def _run_prompts(args: argparse.Namespace) -> int:
             raise ValueError("drpo world prompts: give --n N (or --split with --n-train/--n-test)")
         rows = generate_prompts(args.n, args.seed, tags=_tags(args.tags))
         write_jsonl(out, rows)
-        print(f"wrote {len(rows)} prompts ({_summary(rows)}) to {out}")
+        log.info("wrote %d prompts (%s) to %s", len(rows), _summary(rows), out)
         return 0
     if args.n_train is None or args.n_test is None:
         raise ValueError("drpo world prompts --split: give both --n-train and --n-test (the split depends on both)")
@@ -70,7 +73,7 @@ def _run_prompts(args: argparse.Namespace) -> int:
     for name, path in targets.items():
         rows = getattr(splits, name)
         write_jsonl(path, rows)
-        print(f"wrote {len(rows)} {name} prompts ({_summary(rows)}) to {path}")
+        log.info("wrote %d %s prompts (%s) to %s", len(rows), name, _summary(rows), path)
     return 0
 
 
@@ -93,7 +96,7 @@ def _run_render(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError(f"prompt file {path} holds no rows")
     out = render_grid(rows, args.seed, args.out, size=args.size, ncols=args.ncols)
-    print(f"wrote {len(rows)} rendered prompts to {out}")
+    log.info("wrote %d rendered prompts to %s", len(rows), out)
     return 0
 
 
@@ -125,10 +128,6 @@ def _add_shipped(p: argparse.ArgumentParser) -> None:
                         "(settings, thread count, prompt bytes); train it otherwise")
 
 
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
 def _run_train_base(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -141,10 +140,10 @@ def _run_train_base(args: argparse.Namespace) -> int:
     recipe = BaseRecipe(resolution=args.resolution, vae_steps=args.vae_steps, regression_steps=args.regression_steps,
                         seed=args.seed)
     if args.shipped and shipped.install("base", shipped.recipe_of("base", args.prompts, torch.get_num_threads(), **asdict(recipe)),
-                                        args.out, log=_log):
+                                        args.out):
         return 0
-    out = train_base(args.prompts, args.out, recipe, log=_log)
-    print(f"wrote {out} (samples: {out / 'samples.png'})")
+    out = train_base(args.prompts, args.out, recipe)
+    log.info("wrote %s (samples: %s)", out, out / "samples.png")
     return 0
 
 
@@ -167,10 +166,10 @@ def _run_train_reward(args: argparse.Namespace) -> int:
     _threads(args)
     recipe = shipped.recipe_of("reward_model", args.prompts, torch.get_num_threads(), steps=args.steps, resolution=args.resolution,
                                seed=args.seed)
-    if args.shipped and shipped.install("reward_model", recipe, args.out, log=_log):
+    if args.shipped and shipped.install("reward_model", recipe, args.out):
         return 0
-    out = train_reward_model(args.prompts, args.out, steps=args.steps, resolution=args.resolution, seed=args.seed, log=_log)
-    print(f"wrote {out}")
+    out = train_reward_model(args.prompts, args.out, steps=args.steps, resolution=args.resolution, seed=args.seed)
+    log.info("wrote %s", out)
     return 0
 
 
@@ -186,7 +185,7 @@ def _run_pairs(args: argparse.Namespace) -> int:
     from drpo.world.pairs import build_world_pairs
 
     out = build_world_pairs(args.prompts, args.out, n=args.n, resolution=args.resolution, seed=args.seed)
-    print(f"wrote {out}")
+    log.info("wrote %s", out)
     return 0
 
 
@@ -208,14 +207,14 @@ def _run_ship(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="drpo-ship-") as tmp:
         work = Path(args.work or tmp)
         if not args.check:
-            build(args.config, work, args.out, log=_log)
-            print(f"wrote {args.out} (manifest.json: each model's recipe and every file's sha256)")
+            build(args.config, work, args.out)
+            log.info("wrote %s (manifest.json: each model's recipe and every file's sha256)", args.out)
             return 0
         from drpo.world.shipped import compare
 
-        build(args.config, work, work / "shipped", log=_log)
+        build(args.config, work, work / "shipped")
         diff = compare(args.out, work / "shipped")
-        for line in diff:
+        for line in diff:  # the check's answer, on stdout
             print(f"differs: {line}")
         print(f"{'the rebuild differs from' if diff else 'the rebuild is byte-identical to'} {args.out}")
         return 1 if diff else 0

@@ -10,7 +10,9 @@ prompt of the same tag) that only its attributes separate from the positive.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from drpo.io import fresh_dir
 from drpo.progress import rate_and_eta
 from drpo.world.grammar import vocabulary_words
 from drpo.world.render import render
+
+log = logging.getLogger(__name__)
 
 
 def _pixels(images: list[np.ndarray], processor) -> torch.Tensor:
@@ -36,7 +40,8 @@ def _features(out) -> torch.Tensor:
 
 
 def train_reward_model(prompts_path: str | Path, out: str | Path, *, steps: int = 300, batch: int = 64, resolution: int = 32,
-                       seed: int = 0, lr: float = 1e-3, log=print) -> Path:
+                       seed: int = 0, lr: float = 1e-3,
+                       log: Callable[[str], None] = log.info) -> Path:
     from drpo.models.tiny import build_tiny_clip
     from drpo.train.data import load_prompt_rows
 

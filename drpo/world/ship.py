@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from drpo.world import shipped
+
+log = logging.getLogger(__name__)
 
 # the workflow's rules run them with these torch thread counts (Snakefile: world.smk); a model is
 # a function of its thread count, so the shipped ones are built with the same
@@ -34,7 +38,7 @@ def commands(config: dict, prompts: Path, base_out: Path, reward_out: Path) -> d
     }
 
 
-def build(config_path: str | Path, work: str | Path, out: str | Path, log=print) -> Path:
+def build(config_path: str | Path, work: str | Path, out: str | Path, log: Callable[[str], None] = log.info) -> Path:
     """Train both models under `work` (the two side by side) and record them in `out`."""
     from drpo.workflow import load_config, prompt_set_argv
     from drpo.world.base import BaseRecipe
@@ -45,7 +49,9 @@ def build(config_path: str | Path, work: str | Path, out: str | Path, log=print)
     work = Path(work)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     prompts = work / "prompts" / "world_train.jsonl"
-    subprocess.run(_drpo(*prompt_set_argv(config, "world_train"), "--out", str(prompts)), check=True, stdout=subprocess.DEVNULL)
+    made = subprocess.run(_drpo(*prompt_set_argv(config, "world_train"), "--out", str(prompts)), capture_output=True, text=True)
+    if made.returncode != 0:  # its "wrote ..." line is not the build's; its error is
+        raise RuntimeError(f"writing the world's training prompts failed (exit {made.returncode}):\n{made.stderr[-2000:]}")
     outs = {"base": work / "base", "reward_model": work / "reward_model"}
     start = time.time()
     running = {}
