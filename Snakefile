@@ -22,23 +22,14 @@ os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ
 
 from drpo import workflow as wf
 
-# config/config.yaml is the embedded default. A --configfile replaces it (rather than being
-# merged into it, Snakemake's default), so a paper config never inherits the shapes world;
-# --config KEY=VALUE still overrides single keys of whichever file is used.
-_files = [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]
-_loaded = {}
-for _f in _files:
-    _loaded = wf.deep_merge(_loaded, wf.load_yaml(_f))
-# only the --config KEY=VALUE overrides go on top (`config` also holds the config file's own,
-# un-rerooted values)
-_overrides = dict(workflow.config_settings.config or {})
-# `--config results=DIR` moves every output, the world's models and the SQLite store with it
-if "results" in _overrides and _overrides["results"] != _loaded.get("results", "results"):
-    _loaded = wf.reroot_results(_loaded, _loaded.get("results", "results"), _overrides["results"])
-_validated = wf.validate_config(wf.deep_merge(_loaded, _overrides), source=", ".join(_files))
+# No `configfile:` directive: Snakemake would merge a --configfile into it, and a paper config would
+# inherit the shapes world. So `config` holds only --configfile / --config, and config/config.yaml is
+# used when no file is given. `{results}` in a path follows `--config results=DIR` (drpo.workflow).
+_validated = wf.snakemake_config(config, "config/config.yaml")
 config.clear()
 config.update(_validated)
 R = wf.results_dir(config)
+L = wf.layout(config)  # every path under R (drpo.contracts.Layout)
 RUNS = wf.runs(config)
 MODELS = wf.eval_models(config)
 TEST_SETS = config["evaluation"]["test_sets"]
@@ -78,5 +69,5 @@ onerror:
 rule all:
     input:
         rules.tables.output,
-        f"{R}/report.html",
+        L.report(),
     default_target: True

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from drpo.config import ConfigError, config_hash, deep_merge, load_yaml
+from drpo.contracts import Layout
 from drpo.train.registry import method_spec
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -74,6 +75,7 @@ def validate_config(config: dict, source: str = "config", schema_path: Path = SC
         raise ConfigError(f"{source}: {_path_of(err)}: {err.message}")
     config = copy.deepcopy(config)
     _set_defaults(schema, config)
+    config = resolve_results(config, source)
     _check_references(config, source)
     _check_tables(config, source)
     for run_id in runs(config):  # every run's TrainConfig, at every parse: also when its outputs exist
@@ -163,8 +165,48 @@ def _check_references(config: dict, source: str) -> None:
 
 
 def load_config(path: str | Path) -> dict:
-    """A workflow config file, validated against the schema (defaults filled in)."""
+    """A workflow config file, validated against the schema (defaults filled in, `{results}` resolved)."""
     return validate_config(load_yaml(path), source=str(path))
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
+
+
+def snakemake_config(config: dict, default: str | Path = DEFAULT_CONFIG) -> dict:
+    """The validated config of a Snakemake invocation. Without a `configfile:` directive Snakemake's
+    `config` holds only the --configfile files and the --config values: when it holds none of the
+    schema's required top-level keys (no config file was given), the embedded default with the
+    --config values on top; else `config` itself."""
+    required = yaml.safe_load(SCHEMA.read_text())["required"]
+    config = copy.deepcopy(dict(config))
+    if any(key in config for key in required):
+        return validate_config(config, source="--configfile")
+    return validate_config(deep_merge(load_yaml(default), config), source=str(default))
+
+
+PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+def resolve_results(config: dict, source: str = "config") -> dict:
+    """Every `{results}` in a string value replaced by the config's `results` folder, so the world's
+    models, reward model and SQLite store move with `--config results=DIR`; a literal path stays as
+    written. Any other `{...}` is an error naming the key."""
+    results = config.get("results", "results")
+
+    def resolve(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+            unknown = [m for m in PLACEHOLDER.findall(value) if m != "{results}" or where == "results"]
+            if unknown:
+                raise ConfigError(f"{source}: {where}: unknown placeholder {unknown[0]} in {value!r} "
+                                  f"(only {{results}} is substituted, and not in results itself)")
+            return value.replace("{results}", results)
+        return value
+
+    return resolve(config, "")
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -209,20 +251,6 @@ def merge_overrides(base: dict, overrides: dict) -> dict:
         if isinstance(new, dict) and "name" in new and new["name"] != base.get(key, {}).get("name"):
             base.pop(key, None)
     return deep_merge(base, overrides)
-
-
-def reroot_results(config: Any, old: str, new: str) -> Any:
-    """Every string value under `old/` (or `sqlite:///old/`) moved under `new/`: `--config
-    results=DIR` takes the world's models, reward model and the SQLite store along."""
-    if isinstance(config, dict):
-        return {k: reroot_results(v, old, new) for k, v in config.items()}
-    if isinstance(config, list):
-        return [reroot_results(v, old, new) for v in config]
-    if isinstance(config, str):
-        for prefix in ("", "sqlite:///"):
-            if config == prefix + old or config.startswith(prefix + old + "/"):
-                return prefix + new + config[len(prefix + old):]
-    return config
 
 
 def _named_runs(config: dict) -> dict[str, tuple[dict, dict]]:
@@ -278,7 +306,7 @@ def train_config(config: dict, run_id: str) -> dict:
     base = {
         "method": spec["method"],
         "seed": run.seed,
-        "output_dir": f"{results}/runs/{run_id}",
+        "output_dir": Layout(results).run(run_id),
         "model": {k: v for k, v in model.items() if k in ("path", "family", "dtype", "resolution")},
         "tracking": {"uri": config["tracking"]["uri"], "experiment": config["experiment"], "run_name": run_id,
                      "tags": {"run": run.name, "label": spec.get("label", run.name)}},
@@ -308,15 +336,20 @@ def results_dir(config: dict) -> str:
     return config.get("results", "results")
 
 
+def layout(config: dict) -> Layout:
+    """Every path under the config's results folder (drpo.contracts.Layout)."""
+    return Layout(results_dir(config))
+
+
 def prompt_path(config: dict, name: str) -> str:
-    return f"{results_dir(config)}/prompts/{name}.jsonl"
+    return layout(config).prompts(name)
 
 
 def dataset_path(config: dict, name: str) -> str:
     if name == "world_pairs":
-        return f"{results_dir(config)}/world/pairs/pairs.jsonl"
+        return layout(config).world_pairs()
     spec = config.get("datasets", {}).get(name, {})
-    return spec.get("path") or f"{results_dir(config)}/datasets/{name}/pairs.jsonl"
+    return spec.get("path") or layout(config).dataset_pairs(name)
 
 
 def model_marker(config: dict, model_name: str) -> str | None:
@@ -370,31 +403,25 @@ def metric_test_sets(config: dict, metric: str) -> list[str]:
     return list(config["evaluation"]["metrics"][metric].get("test_sets") or config["evaluation"]["test_sets"])
 
 
-def score_summary_path(config: dict, test_set: str, model: str, metric: str) -> str:
-    return f"{results_dir(config)}/scores/{test_set}/{model}/{metric}.json"
-
-
 def score_plan(config: dict, model: str) -> list[dict]:
     """Everything one model's `score` job computes (`drpo score --plan`): each metric on each of its
     test sets, and each reference comparison (FID, distance) the model is not the reference of."""
-    models, seeds = eval_models(config), config["training"]["seeds"]
-    samples = f"{results_dir(config)}/samples"
+    models, seeds, lay = eval_models(config), config["training"]["seeds"], layout(config)
     tasks = []
     for metric, spec in config["evaluation"]["metrics"].items():
         for ts in metric_test_sets(config, metric):
-            summary = score_summary_path(config, ts, model, metric)
-            tasks.append({"metric": metric, "test_set": ts, "manifest": f"{samples}/{ts}/{model}/manifest.jsonl",
+            tasks.append({"metric": metric, "test_set": ts, "manifest": lay.manifest(ts, model),
                           "reward": {"name": spec["name"], "options": spec.get("options", {})},
-                          "scores": summary[:-len(".json")] + ".parquet", "summary": summary})
+                          "scores": lay.score_values(ts, model, metric), "summary": lay.score_summary(ts, model, metric)})
     for name, spec in comparisons(config).items():
         reference = _reference_of(spec["reference"], model, models, seeds)
         if reference is None:
             continue
         for ts in config["evaluation"]["test_sets"]:
-            tasks.append({"metric": name, "test_set": ts, "manifest": f"{samples}/{ts}/{model}/manifest.jsonl",
-                          "comparison": name, "reference": f"{samples}/{ts}/{reference}/manifest.jsonl",
+            tasks.append({"metric": name, "test_set": ts, "manifest": lay.manifest(ts, model),
+                          "comparison": name, "reference": lay.manifest(ts, reference),
                           "extractor": spec["extractor"], "extractor_options": spec["options"],
-                          "summary": score_summary_path(config, ts, model, name)})
+                          "summary": lay.score_summary(ts, model, name)})
     return tasks
 
 
@@ -543,9 +570,8 @@ def prompt_set_inputs(config: dict, name: str) -> list[str]:
 def run_inputs(config: dict, run_id: str) -> dict[str, Any]:
     """What one training run reads: its train config, and the model, prompts, reward, dataset and
     feature map the workflow builds."""
-    results = results_dir(config)
     spec = runs(config)[run_id].spec
-    out: dict[str, Any] = {"cfg": f"{results}/runs/{run_id}/train.yaml", "model": model_inputs(config, spec["model"])}
+    out: dict[str, Any] = {"cfg": layout(config).train_config(run_id), "model": model_inputs(config, spec["model"])}
     if "prompts" in spec:
         out["prompts"] = prompt_path(config, spec["prompts"])
     if "reward" in spec:
@@ -576,7 +602,7 @@ def sample_inputs(config: dict, model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"prompts": [prompt_path(config, ts) for ts in config["evaluation"]["test_sets"]],
                            "model": model_inputs(config, m["model"])}
     if m["kind"] == "run":
-        out["lora"] = f"{results_dir(config)}/runs/{model}/final/training_state.json"
+        out["lora"] = layout(config).final_state(model)
     return out
 
 
@@ -586,28 +612,28 @@ def score_inputs(config: dict, model: str) -> dict[str, Any]:
     tasks = score_plan(config, model)
     specs = [t["reward"] for t in tasks if "reward" in t] + [{"options": t["extractor_options"]} for t in tasks if "comparison" in t]
     manifests = sorted({t[k] for t in tasks for k in ("manifest", "reference") if k in t})
-    return {"plan": f"{results_dir(config)}/scores/_plans/{model}.json", "manifests": manifests,
+    return {"plan": layout(config).score_plan(model), "manifests": manifests,
             "models": reward_inputs(config, specs)}
 
 
 def table_figures(config: dict) -> dict[str, str]:
     """Figure name -> the PNG `drpo tables` draws for this config (what `drpo.eval.tables.build_all`
     writes): a chart per preference table, a breakdown per timing table, the training curves."""
-    out = f"{results_dir(config)}/tables"
+    lay = layout(config)
     figures = {}
     for name, spec in config.get("tables", {}).items():
         if spec["builder"] == "preference":
-            figures[f"{name}_chart"] = f"{out}/{name}.png"
+            figures[f"{name}_chart"] = lay.table(name, "png")
         elif spec["builder"] == "timing":
-            figures[f"{name}_breakdown_chart"] = f"{out}/{name}_breakdown.png"
+            figures[f"{name}_breakdown_chart"] = lay.table(f"{name}_breakdown", "png")
     if any("reward" in run.spec for run in runs(config).values()):
-        figures["training_curves"] = f"{out}/training_curves.png"
+        figures["training_curves"] = lay.table("training_curves", "png")
     return figures
 
 
 def sample_grids(config: dict) -> dict[tuple[str, str], str]:
     """(test set, model) -> the sample grid PNG `drpo report --grids` writes."""
-    return {(ts, model): f"{results_dir(config)}/grids/{ts}/{model}.png"
+    return {(ts, model): layout(config).grid(ts, model)
             for ts in config["evaluation"]["test_sets"] for model in eval_models(config)}
 
 
@@ -642,7 +668,7 @@ def sample_argv(config: dict, model: str) -> list[str]:
     if spec.get("kind") == "multi_step":  # a reference row: its own pipeline, steps and guidance
         args += ["--multi-step", "--steps", str(spec.get("steps", 50)), "--guidance", str(spec.get("guidance_scale", 7.5))]
     if m["kind"] == "run":
-        args += ["--lora", f"{results_dir(config)}/runs/{model}/final"]
+        args += ["--lora", layout(config).final(model)]
     return args
 
 
@@ -735,7 +761,7 @@ def _reward_class(name: str):
 def judge_summaries(config: dict) -> list[dict]:
     """Every judge summary the config implies: test set, the judged model (DrPO, a run id), its
     opponent (a model id) and the summary's path."""
-    return [{"test_set": ts, "judged": a, "opponent": b, "path": f"{results_dir(config)}/judge/{ts}/{a}__vs__{b}.json"}
+    return [{"test_set": ts, "judged": a, "opponent": b, "path": layout(config).judge_summary(ts, a, b)}
             for ts in config["evaluation"]["test_sets"] for a, b in judged_model_pairs(config)]
 
 
@@ -767,7 +793,7 @@ def timing_config(config: dict, method: str) -> dict:
     if batch % k:
         raise ConfigError(f"evaluation.timing: effective_batch {batch} is not a multiple of candidates {k}")
     data.update(method=method, steps=int(timing.get("warmup", 1)) + int(timing.get("repeats", 3)), grad_accum=batch // k,
-                prompts_per_micro_step=1, output_dir=f"{results_dir(config)}/timing/{method}",
+                prompts_per_micro_step=1, output_dir=layout(config).timing_run(method),
                 reward=config["rewards"][timing["reward"]])
     data["checkpoint"] = {**data["checkpoint"], "every": 0}
     data["tracking"] = {**data["tracking"], "enabled": False, "sample_grid_every": 0}
@@ -799,7 +825,7 @@ def collect_spec(config: dict, judged: list[dict] | None = None) -> dict:
         "metrics": list(config["evaluation"]["metrics"]) + list(comparisons(config)),
         "metric_specs": config["evaluation"]["metrics"],
         "tables": tables, "judged": judge_summaries(config) if judged is None else judged,
-        "timing": {"path": f"{results_dir(config)}/timing/timing.json", "runs": timing_runs(config)} if timing_runs(config) else None,
+        "timing": {"path": layout(config).timing(), "runs": timing_runs(config)} if timing_runs(config) else None,
     }
 
 
@@ -824,7 +850,7 @@ def workflow_started(config: dict, config_hash: str) -> None:
     if os.environ.get("DRPO_PRELOAD") == "1":
         from drpo import preload
 
-        preload.start(log=f"{results_dir(config)}/logs/preload.log")
+        preload.start(log=layout(config).log("preload"))
     uri, experiment = config["tracking"]["uri"], config["experiment"]
     parent = start_workflow_run(uri, experiment, config_hash, run_name=f"workflow-{config_hash}")
     os.environ.update(DRPO_MLFLOW_URI=uri, DRPO_MLFLOW_EXPERIMENT=experiment, DRPO_CONFIG_HASH=config_hash,

@@ -234,8 +234,8 @@ def test_profile_runs_train_config_jobs_through_slurm(local_slurm):
         assert f"wildcards: run={run}" in text, text[-2000:]
 
     # 3. the outputs are the TrainConfigs the workflow defines for these runs
-    # as the Snakefile does: `results=` moves the default's own results/ paths (the feature model's)
-    default = wf.reroot_results(load_yaml(ROOT / "config" / "config.yaml"), "results", str(results))
+    # as the Snakefile does: `results=` moves the default's `{results}/...` paths (the feature model's)
+    default = deep_merge(load_yaml(ROOT / "config" / "config.yaml"), {"results": str(results)})
     config = wf.validate_config(deep_merge(default, overrides))
     for run in RUNS:
         written = yaml.safe_load((results / "runs" / run / "train.yaml").read_text())

@@ -159,9 +159,50 @@ def test_dry_run_of_the_embedded_default_lists_the_whole_pipeline():
     assert one["tables"] == 1 and "report_html" not in one
 
 
+def test_a_configfile_replaces_the_default_and_results_moves_every_path(tmp_path):
+    """No `configfile:` directive: a --configfile is the whole config, never merged into the embedded
+    default; `--config results=DIR` moves every `{results}/...` path, the world's models and the
+    SQLite store included."""
+    # a paper config inherits no world: block (its tables name paper tables, which a world config may not)
+    counts = _job_counts(_dry_run("all", "--configfile", str(PAPER / "sd-turbo.yaml")))
+    assert counts["train"] > 0 and not [rule for rule in counts if rule.startswith("world")]
+    # the default with results=DIR: the base model a sample job loads is the one built under DIR
+    out = tmp_path / "x"
+    counts = _job_counts(_dry_run(f"{out}/samples/world_test/base/manifest.jsonl", "--config", f"results={out}"))
+    assert counts["world_base"] == 1 and counts["sample"] == 1
+    # the SQLite store too: a dry run opens none, so run the one job that writes a run's config
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", f"{out}/runs/drpo-s42/train.yaml", "--cores", "1",
+                           "--config", f"results={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    for log in re.findall(r"Complete log\(s\): (\S+)", proc.stdout + proc.stderr):  # .snakemake/log/ in the repo
+        Path(log).unlink(missing_ok=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = yaml.safe_load((out / "runs" / "drpo-s42" / "train.yaml").read_text())
+    assert written["model"]["path"] == f"{out}/world/base" and written["tracking"]["uri"] == f"sqlite:///{out}/mlflow.db"
+    assert (out / "mlflow.db").is_file()  # the invocation's parent run (onstart) is in DIR's store
+
+
+def test_results_placeholder_is_the_only_one():
+    raw = default_config()
+    assert raw["models"]["shapes-turbo"]["path"] == "{results}/world/base"
+    assert wf.snakemake_config({}) == wf.load_config(DEFAULT)  # no config file: the embedded default
+    moved = wf.snakemake_config({"results": "/elsewhere", "threads": 2})  # --config values on top of it
+    assert moved["threads"] == 2 and moved["models"]["shapes-turbo"]["path"] == "/elsewhere/world/base"
+    assert moved["tracking"]["uri"] == "sqlite:////elsewhere/mlflow.db"
+    # a literal path stays as written (the paper configs' store is beside, not under, their results)
+    paper = wf.validate_config({**yaml.safe_load((PAPER / "sd-turbo.yaml").read_text()), "results": "/elsewhere"})
+    assert paper["tracking"]["uri"] == "sqlite:///results/mlflow.db"
+    bad = copy.deepcopy(raw)
+    bad["rewards"]["pickscore"][0]["options"]["path"] = "{result}/world/reward_model"
+    with pytest.raises(ConfigError, match=r"rewards\.pickscore\[0\]\.options\.path: unknown placeholder \{result\} in '\{result\}/world/reward_model'"):
+        wf.validate_config(bad)
+    with pytest.raises(ConfigError, match=r"results: unknown placeholder \{results\}"):
+        wf.validate_config({**raw, "results": "{results}/x"})
+
+
 def test_a_world_configfile_moves_with_results(tmp_path):
-    # --configfile puts the file's own values into Snakemake's config: the `results=` reroot must
-    # still apply to them (the world's model path used to stay under ./results and fail)
+    # --configfile puts the file's own values into Snakemake's config: its `{results}/...` paths must
+    # follow `results=` too (the world's model path used to stay under ./results and fail)
     world = tmp_path / "world.yaml"
     world.write_text((ROOT / "config" / "config.yaml").read_text().replace("experiment: drpo-shapes", "experiment: other"))
     out = _dry_run("all", "--configfile", str(world), "--config", f"results={tmp_path}/out")
