@@ -32,3 +32,33 @@ def test_the_world_is_reached_through_registries():
     assert JUDGE_BACKENDS["world"] == "drpo.world.judge:WorldJudge"
     assert type(build_judge("world")).__module__ == "drpo.world.judge"
     assert REWARDS["world_checker"].target == "drpo.world.rewards:CheckerReward"
+
+
+def test_the_contracts_module_imports_only_the_standard_library():
+    import sys
+
+    imported = _imports(PACKAGE / "contracts.py") - {"__future__"}
+    outside = sorted(m for m in imported if m.split(".")[0] not in sys.stdlib_module_names and m != "PIL")
+    assert outside == [], "drpo.contracts must stay dependency-free (PIL only for a type hint)"
+    source = (PACKAGE / "contracts.py").read_text()
+    assert "from PIL import Image" in source.split("if TYPE_CHECKING:")[1].split("\n\n")[0]
+
+
+def test_every_step_reads_and_writes_the_records_through_the_contracts():
+    """One reader and one writer per record: no other module parses a manifest, a score or judge
+    summary, or the results file by hand."""
+    hand_made = {
+        "manifest": ("_abs_path", "def read_manifest", "def load_manifest", "def _load_rows", "r[\"image_path\"]"),
+        "summaries": ("\"preference_share\")", "[\"mean\"]", "s.get(\"mean\")", "s.get(\"preference_share\")"),
+        "results": ("RESULT_COLUMNS = [", "columns=[\"table\", \"method\""),
+    }
+    found = {}
+    for p in PACKAGE.rglob("*.py"):
+        if p.name == "contracts.py":
+            continue
+        text = p.read_text()
+        for record, needles in hand_made.items():
+            hits = [n for n in needles if n in text]
+            if hits:
+                found[f"{p.relative_to(PACKAGE)} ({record})"] = hits
+    assert found == {}

@@ -21,9 +21,9 @@ from drpo.eval.judge import (
     Judgement,
     build_messages,
     combine_orders,
-    judge_pairs,
+    image_pairs,
+    judge_image_pairs,
     left_shown_first,
-    pair_manifests,
     parse_judgement,
     read_judgements,
     summarize,
@@ -180,36 +180,36 @@ def test_pairing_shuffle_maxpairs_shards(tmp_path):
     keys = [(pid, seed) for pid in range(10) for seed in (42, 43)]
     a = write_manifest(tmp_path / "m_a", [(p, s, f"p{p}", 100) for p, s in keys])
     b = write_manifest(tmp_path / "m_b", [(p, s, f"p{p}", 100) for p, s in keys + [(99, 42)]])
-    pairs = pair_manifests(a, b.parent)  # a file or its folder
+    pairs = image_pairs(a, b.parent)  # a file or its folder
     assert len(pairs) == 20  # (99, 42) exists only in b
-    assert [p.key for p in pairs] == [p.key for p in pair_manifests(a, b)]  # deterministic
+    assert [p.key for p in pairs] == [p.key for p in image_pairs(a, b)]  # deterministic
     assert [p.key for p in pairs] != sorted(p.key for p in pairs)  # shuffled
-    assert [p.key for p in pairs] != [p.key for p in pair_manifests(a, b, shuffle_seed=7)]
+    assert [p.key for p in pairs] != [p.key for p in image_pairs(a, b, shuffle_seed=7)]
     p0 = pairs[0]
     assert Path(p0.left_image) == (tmp_path / "m_a" / f"seed_{p0.seed}/images/{p0.prompt_id:06d}.png").resolve()
     assert Path(p0.right_image).is_file() and (p0.left_label, p0.right_label) == ("m_a", "m_b")
     assert p0.metadata == {"tag": "t"} and p0.prompt == f"p{p0.prompt_id}"
-    first7 = [p.key for p in pair_manifests(a, b, max_pairs=7)]
+    first7 = [p.key for p in image_pairs(a, b, max_pairs=7)]
     assert first7 == [p.key for p in pairs[:7]]
-    shards = [[p.key for p in pair_manifests(a, b, max_pairs=7, shard=(i, 3))] for i in range(3)]
+    shards = [[p.key for p in image_pairs(a, b, max_pairs=7, shard=(i, 3))] for i in range(3)]
     assert sorted(k for s in shards for k in s) == sorted(first7) and sum(map(len, shards)) == 7
-    assert [p.key for p in pair_manifests(a, b, max_pairs=7, shard="1/3")] == shards[1]
+    assert [p.key for p in image_pairs(a, b, max_pairs=7, shard="1/3")] == shards[1]
     with pytest.raises(ValueError, match="0 <= I < N"):
-        pair_manifests(a, b, shard=(3, 3))
+        image_pairs(a, b, shard=(3, 3))
 
 
 def test_pairing_prompt_mismatch_is_a_clear_error(tmp_path):
     a = write_manifest(tmp_path / "x", [(0, 42, "a red cube", 10), (1, 42, "a blue ball", 10)])
     b = write_manifest(tmp_path / "y", [(0, 42, "a red cube", 10), (1, 42, "a green ball", 10)])
     with pytest.raises(ValueError) as err:
-        pair_manifests(a, b)
+        image_pairs(a, b)
     msg = str(err.value)
     assert str(a) in msg and str(b) in msg and "prompt_id 1" in msg and "a green ball" in msg
 
 
 def test_pairing_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
-        pair_manifests(tmp_path / "nope", tmp_path / "nada")
+        image_pairs(tmp_path / "nope", tmp_path / "nada")
 
 
 # -- summary --------------------------------------------------------------------------------------
@@ -219,17 +219,17 @@ def test_summary_exact_numbers_and_ci():
     recs = [{"winner": w, "left_label": "drpo", "right_label": "base"}
             for w in ["left"] * 5 + ["right"] * 2 + ["tie"] * 2 + ["invalid"]]
     s = summarize(recs, n_boot=2000, seed=0)
-    assert (s["n"], s["valid"], s["wins"], s["losses"], s["ties"], s["invalid"]) == (10, 9, 5, 2, 2, 1)
-    assert s["win_rate_excluding_ties"] == pytest.approx(5 / 7)
-    assert s["preference_share"] == pytest.approx(6 / 9)
-    assert s["order_consistency"] is None and (s["left_label"], s["right_label"]) == ("drpo", "base")
+    assert (s.n, s.valid, s.wins, s.losses, s.ties, s.invalid) == (10, 9, 5, 2, 2, 1)
+    assert s.win_rate_excluding_ties == pytest.approx(5 / 7)
+    assert s.preference_share == pytest.approx(6 / 9)
+    assert s.order_consistency is None and (s.left_label, s.right_label) == ("drpo", "base")
     for key in ("win_rate_excluding_ties", "preference_share"):
-        lo, hi = s[key + "_ci95"]
-        assert 0.0 <= lo < s[key] < hi <= 1.0
+        lo, hi = getattr(s, key + "_ci95")
+        assert 0.0 <= lo < getattr(s, key) < hi <= 1.0
     assert s == summarize(recs, n_boot=2000, seed=0)  # seeded
     big = summarize(recs * 20, n_boot=2000, seed=0)  # same rates, 20x the pairs: narrower interval
-    assert big["preference_share"] == pytest.approx(6 / 9)
-    width = lambda x: x["preference_share_ci95"][1] - x["preference_share_ci95"][0]  # noqa: E731
+    assert big.preference_share == pytest.approx(6 / 9)
+    width = lambda x: x.preference_share_ci95[1] - x.preference_share_ci95[0]  # noqa: E731
     assert width(big) < 0.5 * width(s)
 
 
@@ -239,13 +239,13 @@ def test_summary_order_consistency_and_edge_cases():
         {"winner": "invalid", "order": "both", "consistent": None},
     ]
     s = summarize(recs, n_boot=100)
-    assert s["order_consistency"] == pytest.approx(3 / 4) and s["n_both_orders"] == 4
-    assert s["win_rate_excluding_ties"] == 1.0 and s["preference_share"] == pytest.approx(3.5 / 4)
+    assert s.order_consistency == pytest.approx(3 / 4) and s.n_both_orders == 4
+    assert s.win_rate_excluding_ties == 1.0 and s.preference_share == pytest.approx(3.5 / 4)
     only_ties = summarize([{"winner": "tie"}] * 3, n_boot=50)
-    assert only_ties["win_rate_excluding_ties"] is None and only_ties["preference_share"] == 0.5
-    assert only_ties["win_rate_excluding_ties_ci95"] is None
+    assert only_ties.win_rate_excluding_ties is None and only_ties.preference_share == 0.5
+    assert only_ties.win_rate_excluding_ties_ci95 is None
     empty = summarize([], n_boot=10)
-    assert empty["n"] == 0 and empty["preference_share"] is None
+    assert empty.n == 0 and empty.preference_share is None
     with pytest.raises(ValueError, match="winner"):
         summarize([{"winner": "A"}])
 
@@ -255,61 +255,61 @@ def test_summary_order_consistency_and_edge_cases():
 
 def test_judge_pairs_maps_winners_to_methods(two_methods, tmp_path):
     a, b = two_methods
-    pairs = pair_manifests(a, b)
+    pairs = image_pairs(a, b)
     judge = BrighterJudge()
     assert isinstance(judge, Judge)
-    recs = judge_pairs(pairs, judge, tmp_path / "j.jsonl", progress=False)
+    recs = judge_image_pairs(pairs, judge, tmp_path / "j.jsonl", progress=False)
     assert [r["winner"] for r in recs] == ["left"] * 12 and {r["winner_label"] for r in recs} == {"drpo"}
     firsts = [r["judgements"][0]["first"] for r in recs]
     assert firsts == ["left" if left_shown_first(p.prompt_id, p.seed) else "right" for p in pairs]
     assert {"A", "B"} == {r["judgements"][0]["winner"] for r in recs}  # both positions occurred
     assert all(r["judgements"][0]["raw"] for r in recs)
     s = summarize(read_judgements(tmp_path / "j.jsonl"), n_boot=100)
-    assert (s["wins"], s["losses"], s["preference_share"]) == (12, 0, 1.0)
+    assert (s.wins, s.losses, s.preference_share) == (12, 0, 1.0)
 
 
 def test_order_both_cancels_position_bias(two_methods, tmp_path):
     a, b = two_methods
-    pairs = pair_manifests(a, b)
-    recs = judge_pairs(pairs, FirstJudge(), tmp_path / "both.jsonl", order="both", progress=False)
+    pairs = image_pairs(a, b)
+    recs = judge_image_pairs(pairs, FirstJudge(), tmp_path / "both.jsonl", order="both", progress=False)
     assert all(len(r["judgements"]) == 2 and r["winner"] == "tie" and r["consistent"] is False for r in recs)
     assert [j["first"] for j in recs[0]["judgements"]] == ["left", "right"]
-    assert summarize(recs, n_boot=10)["order_consistency"] == 0.0
-    hashed = judge_pairs(pairs, FirstJudge(), tmp_path / "hashed.jsonl", progress=False)
+    assert summarize(recs, n_boot=10).order_consistency == 0.0
+    hashed = judge_image_pairs(pairs, FirstJudge(), tmp_path / "hashed.jsonl", progress=False)
     s = summarize(hashed, n_boot=10)  # the biased judge's verdicts follow the hash
-    assert s["wins"] == sum(left_shown_first(p.prompt_id, p.seed) for p in pairs) and s["ties"] == 0
-    good = judge_pairs(pairs, BrighterJudge(), tmp_path / "good.jsonl", order="both", progress=False)
-    assert summarize(good, n_boot=10)["order_consistency"] == 1.0 and all(r["winner"] == "left" for r in good)
+    assert s.wins == sum(left_shown_first(p.prompt_id, p.seed) for p in pairs) and s.ties == 0
+    good = judge_image_pairs(pairs, BrighterJudge(), tmp_path / "good.jsonl", order="both", progress=False)
+    assert summarize(good, n_boot=10).order_consistency == 1.0 and all(r["winner"] == "left" for r in good)
 
 
 def test_resume_skips_finished_pairs_and_ignores_partial_line(two_methods, tmp_path):
     a, b = two_methods
-    pairs = pair_manifests(a, b)
+    pairs = image_pairs(a, b)
     out = tmp_path / "j.jsonl"
     first = BrighterJudge()
-    judge_pairs(pairs[:5], first, out, progress=False)
+    judge_image_pairs(pairs[:5], first, out, progress=False)
     assert first.calls == 5
     with open(out, "a") as fh:  # a writer killed mid-line
         fh.write('{"prompt_id": 3, "seed": 4')
     assert len(read_judgements(out)) == 5
     second = BrighterJudge()
-    recs = judge_pairs(pairs, second, out, progress=False)
+    recs = judge_image_pairs(pairs, second, out, progress=False)
     assert second.calls == 7 and len(recs) == 12
     lines = out.read_text().splitlines()
     assert len(lines) == 12 and all(json.loads(line) for line in lines)
     assert sorted((r["prompt_id"], r["seed"]) for r in read_judgements(out)) == sorted(p.key for p in pairs)
     third = BrighterJudge()
-    judge_pairs(pairs, third, out, progress=False)
+    judge_image_pairs(pairs, third, out, progress=False)
     assert third.calls == 0
     with pytest.raises(ValueError, match="order=hashed"):
-        judge_pairs(pairs, BrighterJudge(), out, order="both", progress=False)
+        judge_image_pairs(pairs, BrighterJudge(), out, order="both", progress=False)
 
 
 def test_merge_of_shards_equals_unsharded(two_methods, tmp_path):
     a, b = two_methods
-    whole = judge_pairs(pair_manifests(a, b), FirstJudge(), tmp_path / "all.jsonl", progress=False)
+    whole = judge_image_pairs(image_pairs(a, b), FirstJudge(), tmp_path / "all.jsonl", progress=False)
     for i in range(3):
-        judge_pairs(pair_manifests(a, b, shard=(i, 3)), FirstJudge(), tmp_path / f"s{i}.jsonl", progress=False)
+        judge_image_pairs(image_pairs(a, b, shard=(i, 3)), FirstJudge(), tmp_path / f"s{i}.jsonl", progress=False)
     merged = read_judgements(*(tmp_path / f"s{i}.jsonl" for i in range(3)))
     assert len(merged) == 12
     assert summarize(merged, n_boot=200) == summarize(whole, n_boot=200)

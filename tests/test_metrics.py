@@ -209,7 +209,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift(tmp_path):
     # features were cached next to the manifest, keyed by the extractor's name
     assert (tmp_path / "a" / "features" / f"{ext.name}.npz").exists()
     f1, rows = manifest_features(a, ext)
-    assert f1.shape == (24, 8) and [r["prompt_id"] for r in rows[:3]] == [0, 1, 2]
+    assert f1.shape == (24, 8) and [r.prompt_id for r in rows[:3]] == [0, 1, 2]
     f2, _ = manifest_features(a, ext, cache=False)
     np.testing.assert_allclose(f1, f2, rtol=1e-6)
     # a deterministic extractor: a second instance with the same seed gives the same features

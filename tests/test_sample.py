@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import link
 
-from drpo.eval.sample import SamplerSettings, latent_seed, load_manifest, merge_shards, sample
+from drpo.contracts import read_manifest
+from drpo.eval.sample import SamplerSettings, latent_seed, merge_shards, sample
 from drpo.io import read_jsonl
 
 
@@ -56,8 +58,8 @@ def test_a_truncated_image_is_a_one_line_error_naming_it(setup, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"drpo score: error: image {broken} cannot be read") and "re-run `drpo sample`" in err
     assert len(err.splitlines()) == 1
-    absolute = load_manifest(manifest)
-    assert all(r["image_path"].startswith("/") for r in absolute)
+    rows = read_manifest(manifest)
+    assert all(r.image.startswith("/") and Path(r.image).is_file() and not r.image_path.startswith("/") for r in rows)
 
 
 def test_shards_merge_to_the_unsharded_set_and_images_match(setup, tmp_path):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from drpo.contracts import write_judge_summary, write_results
 from drpo.eval import paper as P
 from drpo.eval import tables as T
 from drpo.eval.metrics import display_scale
@@ -214,12 +215,16 @@ def test_drpo_tables_cli_with_judge_summaries(tmp_path):
 
     res = tmp_path / "results.csv"
     RESULTS[RESULTS.table == "sd_turbo_main"].to_csv(res, index=False)
+    from drpo.contracts import JudgeSummary, write_judge_summary
+
     judge = tmp_path / "judge_grpo_parti.json"
-    judge.write_text(json.dumps({"wins": 70, "ties": 4, "invalid": 0, "valid": 100, "preference_share": 0.72,
-                                 "ci": [0.63, 0.8]}))
-    judge2 = tmp_path / "judge2.json"
-    judge2.write_text(json.dumps({"preference_share": 0.6, "preference_share_ci95": [0.5, 0.7], "left_label": "drpo",
-                                  "right_label": "draft"}))  # `drpo judge --summary` format
+    write_judge_summary(judge, JudgeSummary(n=100, valid=100, wins=70, losses=26, ties=4, invalid=0, preference_share=0.72,
+                                            preference_share_ci95=(0.63, 0.8)))
+    judge2 = tmp_path / "judge2.json"  # `drpo judge --summary` format, by hand
+    judge2.write_text(json.dumps({"n": 10, "valid": 10, "wins": 6, "losses": 4, "ties": 0, "invalid": 0, "preference_share": 0.6,
+                                  "preference_share_ci95": [0.5, 0.7], "left_label": "drpo", "right_label": "draft"}))
+    loose = tmp_path / "loose.json"
+    loose.write_text(json.dumps({"preference_share": 0.6, "ci": [0.5, 0.7]}))
     out = tmp_path / "tables"
     assert main(["tables", "--results", str(res), "--out", str(out), "--paper", "--judge", f"grpo:parti={judge}", f":pickapic={judge2}"]) == 0
     f = csv(out, "qwen3vl_preference").set_index("DrPO vs.")
@@ -232,6 +237,7 @@ def test_drpo_tables_cli_with_judge_summaries(tmp_path):
     assert not (out / "geneval.csv").exists()  # no results for it, and --all not given
     assert main(["tables", "--out", str(out), "--paper", "--judge", str(judge)]) == 2  # opponent/test set unnamed
     assert main(["tables", "--out", str(out), "--judge", f"grpo:parti={judge}"]) == 2  # no preference table to put it in
+    assert main(["tables", "--out", str(out), "--paper", "--judge", f"grpo:parti={loose}"]) == 2  # not a judge summary
 
 
 def test_a_metrics_log_with_a_repeated_step_reads_as_one_row_per_step(tmp_path):
@@ -244,6 +250,15 @@ def test_a_metrics_log_with_a_repeated_step_reads_as_one_row_per_step(tmp_path):
     df = read_metrics_log(log)
     assert df["step"].tolist() == [1, 2, 3]
     assert df["loss"].tolist() == [3.0, 1.5, 1.0] and df.loc[1, "lr"] == 0.1
+
+
+def _judge_summary(share: float, ci: tuple[float, float], **labels):
+    """A `drpo judge` summary of 100 valid verdicts with the given preference share (no ties)."""
+    from drpo.contracts import JudgeSummary
+
+    wins = round(100 * share)
+    return JudgeSummary(n=100, valid=100, wins=wins, losses=100 - wins, ties=0, invalid=0, preference_share=share,
+                        preference_share_ci95=ci, **labels)
 
 
 def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(tmp_path):
@@ -260,12 +275,12 @@ def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(t
     for seed, share in ((42, 0.55), (43, 0.65)):
         path = tmp_path / "judge" / "t" / f"drpo-s{seed}__vs__base.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"preference_share": share, "preference_share_ci95": [share - 0.05, share + 0.05]}))
+        write_judge_summary(path, _judge_summary(share, (share - 0.05, share + 0.05)))
         judged.append({"test_set": "t", "judged": f"drpo-s{seed}", "opponent": "base", "path": str(path)})
     spec = {"results": str(tmp_path), "models": models, "test_sets": ["t"], "metrics": ["acc", "distance"],
             "tables": {"main": {"builder": "generic", "rows": ["base", "drpo"]},
                        "pref": {"builder": "preference", "rows": ["base"]}}, "judged": judged}
-    full = collect(spec).set_index(["table", "method", "metric"])
+    full = pd.DataFrame([r.to_json() for r in collect(spec)]).set_index(["table", "method", "metric"])
     assert full.loc[("main", "DrPO", "distance"), "value"] == pytest.approx(2.0)
     assert ("main", "Base", "distance") not in full.index
     df = full.xs("acc", level="metric")
@@ -278,7 +293,7 @@ def test_collect_averages_two_seeds_for_metrics_and_judge_and_tables_accept_it(t
     assert judge["source"].count(";") == 1  # both seeds' summaries behind the one cell
     assert set(full.reset_index()["table"]) == {"main", "pref"}  # no score rows in the preference table, no other table
     res = tmp_path / "results.csv"
-    collect(spec).to_csv(res, index=False)
+    write_results(res, collect(spec))
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
     assert main(["tables", "--results", str(res), "--spec", str(spec_file), "--out", str(tmp_path / "tables")]) == 0
@@ -300,7 +315,7 @@ def _config(name: str, results: Path | None = None) -> dict:
 
     raw = yaml.safe_load(CONFIGS[name].read_text())
     if results is not None:
-        raw = wf.reroot_results(raw, raw.get("results", "results"), str(results))
+        raw = {**raw, "results": str(results)}  # its `{results}/...` paths move along
     return wf.validate_config(raw, source=name)
 
 
@@ -314,8 +329,7 @@ def _write_judge_summaries(config: dict, shares: dict[str, float]) -> None:
         share = shares[opp.get("run", j["opponent"])] + 0.01 * config["training"]["seeds"].index(models[j["judged"]]["seed"])
         path = Path(j["path"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"preference_share": share, "preference_share_ci95": [share - 0.03, share + 0.03],
-                                    "left_label": j["judged"], "right_label": j["opponent"], "n": 100}))
+        write_judge_summary(path, _judge_summary(share, (share - 0.03, share + 0.03), left_label=j["judged"], right_label=j["opponent"]))
 
 
 def test_collect_reads_its_spec_from_a_file_and_only_a_file(tmp_path, capsys):

@@ -184,7 +184,7 @@ def test_concurrent_jobs_one_experiment_four_children(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_unreachable_server_warns_once_and_keeps_metrics(tmp_path, capsys):
+def test_unreachable_server_warns_once_and_keeps_metrics(tmp_path, caplog):
     uri = f"http://127.0.0.1:{free_port()}"  # bound then released: nothing listens there
     cfg = train_config_from_dict({"output_dir": "runs/c", "tracking": {"uri": uri}})
     t0 = time.time()
@@ -196,7 +196,7 @@ def test_unreachable_server_warns_once_and_keeps_metrics(tmp_path, capsys):
     tr.close("FINISHED")
     assert time.time() - t0 < 5
     assert not tr.enabled
-    err = capsys.readouterr().err
+    err = "\n".join(caplog.messages)  # a warning: `drpo: warning: MLflow at ...` on the command's stderr
     assert err.count("unreachable") == 1, err
     assert f"MLflow at {uri} unreachable" in err and "runs/c/metrics.jsonl" in err
     rows = [json.loads(x) for x in (tmp_path / "runs" / "c" / "metrics.jsonl").read_text().splitlines()]
@@ -263,7 +263,10 @@ def test_a_trained_lora_is_a_registered_mlflow_diffusers_model_and_grids_are_ima
     }))
     assert main(["train", "--config", "run.yaml", "--no-progress"]) == 0
     # without the bar (a workflow job's log) a line per ~5 % of the run, with its ETA
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("drpo updates")]
+    # progress is logged: `drpo: ` lines on stderr, nothing on stdout
+    out, err = capsys.readouterr()
+    assert "drpo updates" not in out
+    lines = [line.removeprefix("drpo: ") for line in err.splitlines() if line.startswith("drpo: drpo updates")]
     assert [line.split(" loss ")[0] for line in lines] == ["drpo updates 1/2 (50%)", "drpo updates 2/2 (100%)"]
     assert all(re.search(r"reward [-\d.e]+ \| [\d.e]+ s/update, ETA \d+s$", line) for line in lines), lines
     c = client(uri)
@@ -315,7 +318,8 @@ def test_the_studys_held_out_numbers_land_on_each_models_run(tmp_path, monkeypat
     (scores / "drpo-s42" / "fid.json").write_text(json.dumps({"mean": 12.5, "fid": 12.5}))
     judge = tmp_path / "results" / "judge" / "j.json"
     judge.parent.mkdir(parents=True)
-    judge.write_text(json.dumps({"preference_share": 0.7, "preference_share_ci95": [0.6, 0.8]}))
+    judge.write_text(json.dumps({"n": 10, "valid": 10, "wins": 7, "losses": 3, "ties": 0, "invalid": 0,
+                                 "preference_share": 0.7, "preference_share_ci95": [0.6, 0.8]}))
     spec = {"results": "results", "test_sets": ["test"], "metrics": ["checker", "fid"],
             "models": {"base": {"kind": "base", "label": "Base"}, "drpo-s42": {"kind": "run", "label": "DrPO"}},
             "judged": [{"test_set": "test", "judged": "drpo-s42", "opponent": "base", "path": str(judge)}],

@@ -22,7 +22,7 @@ TINY = BaseRecipe(vae_steps=2, regression_steps=2, vae_batch=4, prompts_per_step
 
 
 def test_the_shipped_models_are_whole_and_load():
-    manifest = shipped.read_manifest()
+    manifest = shipped.read_shipment()
     assert set(manifest) == {"base", "reward_model"}
     for kind in shipped.KINDS:
         shipped.verify(kind)  # every file with its manifest's sha256
@@ -49,7 +49,7 @@ def test_the_embedded_workflow_copies_the_shipped_models(tmp_path):
     for kind in shipped.KINDS:
         log = (results / "logs" / "world" / f"{kind}.log").read_text()
         assert f"copied the shipped world {kind}" in log and "step" not in log, log[-1000:]
-        assert shipped.files_of(results / "world" / kind) == shipped.read_manifest()[kind]["files"]
+        assert shipped.files_of(results / "world" / kind) == shipped.read_shipment()[kind]["files"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_install_copies_only_the_very_recipe(tiny_root, tmp_path):
     root, recipe, prompts = tiny_root
     said = []
     assert shipped.install("base", recipe, tmp_path / "base", log=said.append, root=root)
-    assert shipped.files_of(tmp_path / "base") == shipped.read_manifest(root)["base"]["files"]
+    assert shipped.files_of(tmp_path / "base") == shipped.read_shipment(root)["base"]["files"]
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
     # another thread count, step count or prompt file: train, and say which keys differ
     other = {**recipe, "threads": 2, "vae_steps": 3}
@@ -101,7 +101,7 @@ def test_a_build_is_byte_identical_when_repeated(tiny_root, tmp_path):
     tokenizer, sample grid, recipe.json) — the full-size version of this is `make world-models-check`."""
     root, _, prompts = tiny_root
     again = train_base(prompts, tmp_path / "again", TINY, log=lambda m: None)
-    assert shipped.files_of(again) == shipped.read_manifest(root)["base"]["files"]
+    assert shipped.files_of(again) == shipped.read_shipment(root)["base"]["files"]
 
 
 def test_the_cli_trains_when_the_recipe_is_not_the_shipped_one(tmp_path):
@@ -112,5 +112,5 @@ def test_the_cli_trains_when_the_recipe_is_not_the_shipped_one(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "drpo.cli", "world", "train-reward", "--prompts", str(prompts), "--out",
                            str(tmp_path / "rm"), "--steps", "2", "--threads", "1", "--shipped"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "the shipped world reward_model does not fit this recipe (prompts_sha256, steps differ): training it" in proc.stdout
-    assert "reward model step 2/2" in proc.stdout and (tmp_path / "rm" / "config.json").exists()
+    assert "drpo: the shipped world reward_model does not fit this recipe (prompts_sha256, steps differ): training it" in proc.stderr
+    assert "drpo: reward model step 2/2" in proc.stderr and (tmp_path / "rm" / "config.json").exists() and proc.stdout == ""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from drpo.io import atomic_path
+from drpo.contracts import Layout, ResultRow, read_judge_summary, read_score_summary, write_results
 
 CHECKER_REWARDS = {"world_checker", "geneval"}
 
@@ -45,10 +45,6 @@ def _over_seeds(per_seed: list[tuple[float | None, tuple | list | None]]) -> tup
         return value, *(ci or (None, None))
     values = [v for v, _ in per_seed]
     return (sum(values) / len(values), min(values), max(values)) if values else (None, None, None)
-
-
-def _summary(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _geneval_rows(scores: Path) -> dict[str, tuple[float, tuple[float, float]]]:
@@ -75,39 +71,36 @@ def _row_test_sets(tspec: dict, spec: dict):
                 yield ids, spec["models"][ids[0]].get("label", name), ts
 
 
-def _metric_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
-    results = spec["results"]
+def _metric_rows(table: str, tspec: dict, spec: dict) -> list[ResultRow]:
+    layout = Layout(spec["results"])
     metric_specs = spec.get("metric_specs", {})
     rows = []
     for ids, label, ts in _row_test_sets(tspec, spec):
         for metric in tspec.get("metrics") or spec["metrics"]:
-            per_seed = []
+            per_seed = []  # (summary, its file, the per-image scores behind it)
             for mid in ids:
-                path = Path(results) / "scores" / ts / mid / f"{metric}.json"
-                s = _summary(path)
-                if s is None:
-                    continue
-                per_seed.append((s, path))
+                path = layout.score_summary(ts, mid, metric)
+                s = read_score_summary(path)
+                if s is not None:
+                    per_seed.append((s, path, layout.score_values(ts, mid, metric)))
             if not per_seed:
                 continue
-            value, lo, hi = _over_seeds([(s["mean"], (s.get("ci_low"), s.get("ci_high"))) for s, _ in per_seed])
-            rows.append({"table": table, "method": label, "test_set": ts, "metric": metric,
-                         "value": value, "ci_low": lo, "ci_high": hi,
-                         "source": ";".join(str(p) for _, p in per_seed)})
+            value, lo, hi = _over_seeds([(s.mean, (s.ci_low, s.ci_high)) for s, _, _ in per_seed])
+            rows.append(ResultRow(table=table, method=label, test_set=ts, metric=metric, value=value, ci_low=lo, ci_high=hi,
+                                  source=";".join(p for _, p, _ in per_seed)))
             if metric_specs.get(metric, {}).get("name") in CHECKER_REWARDS:
                 tags: dict[str, list[tuple]] = {}
-                for _, path in per_seed:
-                    for k, v in _geneval_rows(path.with_suffix(".parquet")).items():
+                for _, _, values in per_seed:
+                    for k, v in _geneval_rows(Path(values)).items():
                         tags.setdefault(k, []).append(v)
                 for k, v in tags.items():
                     value, lo, hi = _over_seeds(v)
-                    rows.append({"table": table, "method": label, "test_set": ts, "metric": k,
-                                 "value": value, "ci_low": lo, "ci_high": hi,
-                                 "source": ";".join(str(p.with_suffix(".parquet")) for _, p in per_seed)})
+                    rows.append(ResultRow(table=table, method=label, test_set=ts, metric=k, value=value, ci_low=lo,
+                                          ci_high=hi, source=";".join(v for _, _, v in per_seed)))
     return rows
 
 
-def _preference_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
+def _preference_rows(table: str, tspec: dict, spec: dict) -> list[ResultRow]:
     """One preference record per row (an opponent) and test set: the judged model's share against it."""
     from drpo.eval.tables import preference_row
 
@@ -118,7 +111,7 @@ def _preference_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
         for j in spec.get("judged", []):
             if j["test_set"] != ts or j["opponent"] not in ids:
                 continue
-            s = _summary(Path(j["path"]))
+            s = read_judge_summary(j["path"])
             if s is None:
                 continue
             per_seed.append((s, j["path"]))
@@ -127,13 +120,13 @@ def _preference_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
             continue
         if len(judged) > 1:
             raise ValueError(f"collect: table {table} row {label} on {ts}: judge summaries of several judged models {sorted(judged)}")
-        value, lo, hi = _over_seeds([(s.get("preference_share"), s.get("preference_share_ci95")) for s, _ in per_seed])
+        value, lo, hi = _over_seeds([(s.preference_share, s.preference_share_ci95) for s, _ in per_seed])
         rows.append(preference_row(table=table, judged=judged.pop(), opponent=label, test_set=ts, share=value,
                                    ci=(lo, hi), source=";".join(str(p) for _, p in per_seed)))
     return rows
 
 
-def _timing_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
+def _timing_rows(table: str, tspec: dict, spec: dict) -> list[ResultRow]:
     """A `timing` table's rows (§6.3) from `drpo bench timing`'s file: per timed run, the median
     seconds per update (CI: min and max), the backward's seconds, the effective batch, whether it
     uses reward gradients, and each component (`time:<component>`)."""
@@ -141,9 +134,9 @@ def _timing_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
     if not timing:
         raise ValueError(f"collect: table {table} is drawn by the timing builder but the config has no evaluation.timing")
     path = Path(timing["path"])
-    result = _summary(path)
-    if result is None:
+    if not path.exists():
         return []
+    result = json.loads(path.read_text())
     by_run = {run: method for method, run in timing["runs"].items()}
     rows = []
     for name in tspec["rows"]:
@@ -155,8 +148,8 @@ def _timing_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
         m = result[method]
 
         def row(metric, value, lo=None, hi=None):
-            return {"table": table, "method": label, "test_set": "", "metric": metric, "value": value,
-                    "ci_low": lo, "ci_high": hi, "source": str(path)}
+            return ResultRow(table=table, method=label, test_set="", metric=metric, value=value, ci_low=lo, ci_high=hi,
+                             source=str(path))
 
         rows += [row("update_s", m["median_s"], m["min_s"], m["max_s"]), row("backward_s", m["components"].get("backward", 0.0)),
                  row("effective_batch", result["effective_batch"]), row("reward_grad", 1.0 if method == "draft" else 0.0)]
@@ -164,9 +157,7 @@ def _timing_rows(table: str, tspec: dict, spec: dict) -> list[dict]:
     return rows
 
 
-def collect(spec: dict) -> pd.DataFrame:
-    from drpo.eval.tables import RESULT_COLUMNS
-
+def collect(spec: dict) -> list[ResultRow]:
     rows = []
     for table, tspec in spec.get("tables", {}).items():
         if tspec.get("builder") == "preference":
@@ -175,7 +166,7 @@ def collect(spec: dict) -> pd.DataFrame:
             rows += _timing_rows(table, tspec, spec)
         else:
             rows += _metric_rows(table, tspec, spec)
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return rows
 
 
 def read_spec(path: str) -> dict:
@@ -209,12 +200,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     spec = read_spec(args.spec)
-    df = collect(spec)
-    if df.empty:
+    rows = collect(spec)
+    if not rows:
         raise ValueError("collect: no score or judge summaries found for the configured tables")
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, index=False)
-    print(f"wrote {len(df)} results rows to {args.out}")
+    write_results(args.out, rows)
+    print(f"wrote {len(rows)} results rows to {args.out}")
     if args.mlflow_uri:
         from drpo.eval.study_log import log_study
 

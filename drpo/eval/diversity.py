@@ -52,6 +52,6 @@ def manifest_diversity(manifest_path: str | os.PathLike, extractor, *, batch_siz
     from drpo.eval.fid import manifest_features
 
     feats, rows = manifest_features(manifest_path, extractor, batch_size=batch_size, cache=cache)
-    out = diversity(feats, [int(r["prompt_id"]) for r in rows], [int(r["seed"]) for r in rows])
+    out = diversity(feats, [r.prompt_id for r in rows], [r.seed for r in rows])
     out["extractor"] = getattr(extractor, "name", type(extractor).__name__)
     return out

@@ -192,13 +192,14 @@ def manifest_features(
     Cached in `<manifest folder>/features/<extractor.name>.npz`; the cache is used only when it
     lists the same images with the same file stamps.
     """
-    from drpo.eval.metrics import image_stamp, iter_image_batches, read_manifest
+    from drpo.contracts import read_manifest
+    from drpo.eval.metrics import image_stamp, iter_image_batches
     from drpo.io import atomic_path
 
     rows = read_manifest(manifest_path)
     if not rows:
         raise ValueError(f"manifest {manifest_path} has no rows")
-    stamps = np.asarray([f"{r['image_path']}|{image_stamp(r['_abs_path'])}" for r in rows])
+    stamps = np.asarray([f"{r.image_path}|{image_stamp(r.image)}" for r in rows])
     name = getattr(extractor, "name", None)
     cache_file = Path(manifest_path).parent / "features" / f"{name}.npz" if (cache and name) else None
     if cache_file is not None and cache_file.exists():
@@ -298,8 +299,8 @@ def paired_distance(
     """
     fa, ra = manifest_features(manifest_a, extractor, batch_size=batch_size, cache=cache)
     fb, rb = manifest_features(manifest_b, extractor, batch_size=batch_size, cache=cache)
-    index = {(int(r["prompt_id"]), int(r["seed"])): i for i, r in enumerate(rb)}
-    pairs = [(i, index[k]) for i, r in enumerate(ra) if (k := (int(r["prompt_id"]), int(r["seed"]))) in index]
+    index = {r.key: i for i, r in enumerate(rb)}
+    pairs = [(i, index[r.key]) for i, r in enumerate(ra) if r.key in index]
     if not pairs:
         raise ValueError(f"paired_distance: {manifest_a} and {manifest_b} share no (prompt_id, seed) pair")
     a, b = fa[[i for i, _ in pairs]].astype(np.float64), fb[[j for _, j in pairs]].astype(np.float64)

@@ -28,8 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from drpo.eval.judgement import Judge, Judgement  # noqa: F401  (the judge interface, re-exported)
-from drpo.io import read_jsonl
+from drpo.contracts import Judge, Judgement, JudgeSummary, ManifestRow, read_manifest  # noqa: F401  (the judge interface, re-exported)
 from drpo.shards import parse_shard  # noqa: F401  (drpo.eval.judge.parse_shard)
 
 ORDER_SALT = "qwen3vl_pairwise_v1"
@@ -242,7 +241,7 @@ def parse_judgement(raw: str | None) -> Judgement:
 
 
 @dataclass
-class Pair:
+class ImagePair:
     """The two methods' images of one (prompt_id, seed)."""
 
     prompt_id: int
@@ -269,27 +268,12 @@ def manifest_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def _load_rows(path: Path) -> dict[tuple[int, int], dict]:
-    rows: dict[tuple[int, int], dict] = {}
-    for i, r in enumerate(read_jsonl(path), 1):
-        missing = [k for k in ("prompt_id", "seed", "prompt", "image_path") if k not in r]
-        if missing:
-            raise ValueError(f"{path}: row {i} lacks {missing}; is this a `drpo sample` manifest?")
-        key = (int(r["prompt_id"]), int(r["seed"]))
-        if key in rows:
-            raise ValueError(f"{path}: (prompt_id, seed) = {key} appears twice; merge shards with `drpo sample --merge`")
-        r = dict(r)
-        r["image_path"] = str((path.parent / r["image_path"]).resolve())
-        rows[key] = r
-    return rows
-
-
 def default_label(manifest: Path) -> str:
     """A method label from the manifest's location: its folder name."""
     return manifest.resolve().parent.name or str(manifest)
 
 
-def pair_manifests(
+def image_pairs(
     manifest_a: str | os.PathLike,
     manifest_b: str | os.PathLike,
     max_pairs: int | None = None,
@@ -297,7 +281,7 @@ def pair_manifests(
     shard: str | Sequence[int] | None = None,
     label_a: str | None = None,
     label_b: str | None = None,
-) -> list[Pair]:
+) -> list[ImagePair]:
     """Pairs of images with the same (prompt_id, seed) in both manifests, in a seeded shuffled order.
 
     The shuffle is over the sorted common keys with random.Random(shuffle_seed); `max_pairs` keeps
@@ -305,15 +289,15 @@ def pair_manifests(
     run partition exactly the pairs of the unsharded run. Manifest A is the "left" method.
     """
     pa, pb = manifest_file(manifest_a), manifest_file(manifest_b)
-    rows_a, rows_b = _load_rows(pa), _load_rows(pb)
+    rows_a, rows_b = ({r.key: r for r in read_manifest(p)} for p in (pa, pb))
     keys = sorted(set(rows_a) & set(rows_b))
     if not keys:
         raise ValueError(f"manifests {pa} and {pb} share no (prompt_id, seed); were they sampled from the same prompts and seeds?")
     for key in keys:
-        if rows_a[key]["prompt"] != rows_b[key]["prompt"]:
+        if rows_a[key].prompt != rows_b[key].prompt:
             raise ValueError(
                 f"prompt text differs for prompt_id {key[0]} (seed {key[1]}) between {pa} "
-                f"({rows_a[key]['prompt']!r}) and {pb} ({rows_b[key]['prompt']!r}); "
+                f"({rows_a[key].prompt!r}) and {pb} ({rows_b[key].prompt!r}); "
                 f"both manifests must come from the same prompt file"
             )
     random.Random(shuffle_seed).shuffle(keys)
@@ -330,8 +314,8 @@ def pair_manifests(
     pairs = []
     for key in keys:
         ra, rb = rows_a[key], rows_b[key]
-        meta = ra.get("metadata") or rb.get("metadata") or {}
-        pairs.append(Pair(key[0], key[1], ra["prompt"], ra["image_path"], rb["image_path"], la, lb, dict(meta)))
+        meta = ra.metadata or rb.metadata or {}
+        pairs.append(ImagePair(key[0], key[1], ra.prompt, ra.image, rb.image, la, lb, dict(meta)))
     return pairs
 
 
@@ -376,8 +360,8 @@ def _open_rgb(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def judge_one(pair: Pair, judge: Judge, order: str = "hashed", salt: str = ORDER_SALT) -> dict:
-    """Judge one pair and return its record (see judge_pairs)."""
+def judge_one(pair: ImagePair, judge: Judge, order: str = "hashed", salt: str = ORDER_SALT) -> dict:
+    """Judge one pair and return its record (see judge_image_pairs)."""
     if order not in ("hashed", "both"):
         raise ValueError(f"order must be 'hashed' or 'both', got {order!r}")
     left, right = _open_rgb(pair.left_image), _open_rgb(pair.right_image)
@@ -456,8 +440,8 @@ def _truncate_partial_tail(path: Path) -> None:
             fh.truncate(data.rfind(b"\n") + 1)
 
 
-def judge_pairs(
-    pairs: Sequence[Pair],
+def judge_image_pairs(
+    pairs: Sequence[ImagePair],
     judge: Judge,
     out_jsonl: str | os.PathLike,
     order: str = "hashed",
@@ -520,7 +504,7 @@ def _rates(w: Any, losses: Any, t: Any, inv: Any, n: Any) -> tuple[Any, Any]:
     return wr, ps
 
 
-def summarize(judgements: Iterable[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+def summarize(judgements: Iterable[dict], n_boot: int = 1000, seed: int = 0) -> JudgeSummary:
     """Win counts and rates of the left method against the right one.
 
     win_rate_excluding_ties = wins / (valid - ties); preference_share = (wins + ties/2) / valid;
@@ -574,7 +558,7 @@ def summarize(judgements: Iterable[dict], n_boot: int = 1000, seed: int = 0) -> 
             arr = arr[~np.isnan(arr)]
             if arr.size:
                 summary[name] = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))]
-    return summary
+    return JudgeSummary.from_json(summary)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from drpo.io import write_json
+from drpo.contracts import JudgeSummary, write_judge_summary
 from drpo.shards import shard_arg
 
 
@@ -55,41 +55,39 @@ def _judge_from_args(args: argparse.Namespace):
     return build_judge("world")
 
 
-def _print_summary(s: dict) -> None:
+def _print_summary(s: JudgeSummary) -> None:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
     def ci(c):
         return "" if c is None else f" [{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
 
-    print(f"{s['left_label']} vs {s['right_label']}: n={s['n']} wins={s['wins']} losses={s['losses']} "
-          f"ties={s['ties']} invalid={s['invalid']}")
-    print(f"  preference share {pct(s['preference_share'])}{ci(s['preference_share_ci95'])}; "
-          f"win rate excl. ties {pct(s['win_rate_excluding_ties'])}{ci(s['win_rate_excluding_ties_ci95'])}"
-          + ("" if s["order_consistency"] is None else f"; order consistency {pct(s['order_consistency'])}"))
+    print(f"{s.left_label} vs {s.right_label}: n={s.n} wins={s.wins} losses={s.losses} ties={s.ties} invalid={s.invalid}")
+    print(f"  preference share {pct(s.preference_share)}{ci(s.preference_share_ci95)}; "
+          f"win rate excl. ties {pct(s.win_rate_excluding_ties)}{ci(s.win_rate_excluding_ties_ci95)}"
+          + ("" if s.order_consistency is None else f"; order consistency {pct(s.order_consistency)}"))
 
 
 def main(args: argparse.Namespace) -> int:
-    from drpo.eval.judge import judge_pairs, pair_manifests, read_judgements, summarize
+    from drpo.eval.judge import image_pairs, judge_image_pairs, read_judgements, summarize
 
     if args.merge:
         if not args.summary:
             raise ValueError("--merge needs --summary")
-        summary = summarize(read_judgements(*args.merge), n_boot=args.n_boot)
-        summary["sources"] = list(args.merge)
-        write_json(args.summary, summary)
+        summary = summarize(read_judgements(*args.merge), n_boot=args.n_boot).with_details(sources=list(args.merge))
+        write_judge_summary(args.summary, summary)
         _print_summary(summary)
         return 0
     if not (args.a and args.b and args.out):
         raise ValueError("--a, --b and --out are required (or --merge FILES --summary S)")
-    pairs = pair_manifests(args.a, args.b, max_pairs=args.max_pairs, shuffle_seed=args.shuffle_seed, shard=args.shard,
+    pairs = image_pairs(args.a, args.b, max_pairs=args.max_pairs, shuffle_seed=args.shuffle_seed, shard=args.shard,
                            label_a=args.label_a, label_b=args.label_b)
     judge = _judge_from_args(args)
-    records = judge_pairs(pairs, judge, args.out, order=args.order, progress=not args.no_progress)
-    summary = summarize(records, n_boot=args.n_boot)
-    summary.update(manifest_a=str(args.a), manifest_b=str(args.b), order=args.order, backend=args.backend,
-                   shard=None if args.shard is None else f"{args.shard[0]}/{args.shard[1]}", out=str(args.out))
+    records = judge_image_pairs(pairs, judge, args.out, order=args.order, progress=not args.no_progress)
+    summary = summarize(records, n_boot=args.n_boot).with_details(
+        manifest_a=str(args.a), manifest_b=str(args.b), order=args.order, backend=args.backend,
+        shard=None if args.shard is None else f"{args.shard[0]}/{args.shard[1]}", out=str(args.out))
     if args.summary:
-        write_json(args.summary, summary)
+        write_judge_summary(args.summary, summary)
     _print_summary(summary)
     return 0

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from drpo.contracts import ManifestRow, read_manifest
+
 # -- display scaling (the one place) ------------------------------------------------------------
 
 # metric -> factor from raw values to the paper's display units.
@@ -107,28 +109,6 @@ def check_raw(value: float, metric: str, where: str = "") -> None:
 # -- manifests and images -----------------------------------------------------------------------
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """Manifest rows plus `_abs_path` (the image's absolute path); the manifest's `image_path` is kept."""
-    from drpo.io import read_jsonl
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"manifest {path} does not exist (write it with `drpo sample`)")
-    rows = read_jsonl(path)
-    seen: set[tuple[int, int]] = set()
-    for i, r in enumerate(rows, 1):
-        for key in ("prompt_id", "seed", "prompt", "image_path"):
-            if key not in r:
-                raise ValueError(f"{path}:{i}: manifest row has no {key!r}")
-        key = (int(r["prompt_id"]), int(r["seed"]))
-        if key in seen:
-            raise ValueError(f"{path}:{i}: (prompt_id, seed) = {key} appears twice")
-        seen.add(key)
-        r["_abs_path"] = str((path.parent / r["image_path"]).resolve())
-        r.setdefault("metadata", {})
-    return rows
-
-
 def image_stamp(path: str | os.PathLike) -> str:
     """Size and mtime of an image file: changes when the image is rewritten."""
     try:
@@ -156,13 +136,13 @@ def load_images(paths: Sequence[str | os.PathLike]):
     return out
 
 
-def iter_image_batches(rows: Sequence[dict], batch_size: int) -> Iterator[tuple[list[dict], Any]]:
+def iter_image_batches(rows: Sequence[ManifestRow], batch_size: int) -> Iterator[tuple[list[ManifestRow], Any]]:
     """(rows, uint8 (N,3,H,W)) batches of manifest rows; a batch mixing image sizes is split by size."""
     import torch
 
     for start in range(0, len(rows), batch_size):
         chunk = list(rows[start : start + batch_size])
-        images = load_images([r["_abs_path"] for r in chunk])
+        images = load_images([r.image for r in chunk])
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
             by_shape.setdefault(tuple(im.shape), []).append(i)
@@ -213,19 +193,18 @@ def score_manifest(
     if not metric:
         raise ValueError("score_manifest: the reward has no `name`; pass metric=")
     rows = read_manifest(manifest_path)
-    for r in rows:
-        r["_stamp"] = image_stamp(r["_abs_path"])
+    stamps = {r.key: image_stamp(r.image) for r in rows}
 
     old = read_scores(out) if out.exists() else pd.DataFrame(columns=SCORE_COLUMNS)
     if "image_stamp" not in old.columns:
         old["image_stamp"] = None
     others = old[old["metric"] != metric]
     mine = old[old["metric"] == metric]
-    wanted = {(int(r["prompt_id"]), int(r["seed"])): r["_stamp"] for r in rows}
+    wanted = stamps
     valid = [wanted.get((int(p), int(s))) == st for p, s, st in zip(mine["prompt_id"], mine["seed"], mine["image_stamp"])]
     kept = mine[np.asarray(valid, dtype=bool)] if len(mine) else mine
     done = {(int(p), int(s)) for p, s in zip(kept["prompt_id"], kept["seed"])}
-    todo = [r for r in rows if (int(r["prompt_id"]), int(r["seed"])) not in done]
+    todo = [r for r in rows if r.key not in done]
     changed = len(kept) != len(mine)
 
     new: list[dict] = []
@@ -242,15 +221,15 @@ def score_manifest(
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"{metric} {Path(manifest_path).parent.name}", unit="img")
     for chunk, images in iter_image_batches(todo, batch_size):
-        scores = reward(images, [r["prompt"] for r in chunk], [dict(r["metadata"]) for r in chunk])
+        scores = reward(images, [r.prompt for r in chunk], [dict(r.metadata) for r in chunk])
         scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(chunk) or not np.isfinite(scores).all():
             raise ValueError(f"metric {metric}: reward returned {scores.shape[0]} scores (finite: {bool(np.isfinite(scores).all())}) for {len(chunk)} images")
         for r, s in zip(chunk, scores):
             new.append({
-                "prompt_id": int(r["prompt_id"]), "seed": int(r["seed"]), "prompt": r["prompt"],
-                "image_path": r["image_path"], "metric": metric, "score": float(s),
-                "tag": (r["metadata"] or {}).get("tag"), "image_stamp": r["_stamp"],
+                "prompt_id": r.prompt_id, "seed": r.seed, "prompt": r.prompt,
+                "image_path": r.image_path, "metric": metric, "score": float(s),
+                "tag": r.tag, "image_stamp": stamps[r.key],
             })
         pending += len(chunk)
         if bar is not None:

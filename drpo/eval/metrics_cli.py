@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+from drpo.contracts import ScoreSummary, write_score_summary
 from drpo.devices import resolve_device
 
 
@@ -74,7 +75,7 @@ def _provenance(manifest: str) -> dict:
 
 
 def reward_summary(manifest: str, reward, spec: dict, out: str | Path, metric: str, *, batch_size: int = 32,
-                   bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+                   bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> ScoreSummary:
     """Score a manifest with a reward (per-image scores in `out`, resumable) and summarise it."""
     from drpo.eval import metrics as M
 
@@ -84,29 +85,28 @@ def reward_summary(manifest: str, reward, spec: dict, out: str | Path, metric: s
                **M.summarize_scores(df, n_boot=bootstrap, seed=seed)}
     if df["tag"].notna().all() and set(df["score"].unique()) <= {0.0, 1.0}:
         summary["geneval"] = M.geneval_summary(M.correctness_from_scores(df))
-    return summary
+    return ScoreSummary.from_json(summary)
 
 
-def comparison_summary(kind: str, manifest: str, reference: str, extractor, *, batch_size: int = 32, cache: bool = True) -> dict:
+def comparison_summary(kind: str, manifest: str, reference: str, extractor, *, batch_size: int = 32, cache: bool = True) -> ScoreSummary:
     """FID (`kind` fid) or the paired feature distance (`distance`) of a manifest against a reference's."""
     if kind == "fid":
         from drpo.eval.fid import fid_between
 
         value = fid_between(manifest, reference, extractor, batch_size=batch_size, cache=cache)
-        return {"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
-                "reference": _provenance(reference), **_provenance(manifest)}
+        return ScoreSummary.from_json({"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
+                                       "reference": _provenance(reference), **_provenance(manifest)})
     from drpo.eval.fid import paired_distance
 
     d = paired_distance(manifest, reference, extractor, batch_size=batch_size, cache=cache)
-    return {"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
-            "reference": _provenance(reference), **_provenance(manifest)}
+    return ScoreSummary.from_json({"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
+                                   "reference": _provenance(reference), **_provenance(manifest)})
 
 
 def run_plan(path: str, *, device: str = "cpu", batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
              progress: bool = True, cache: bool = True) -> list[str]:
     """Every task of a score plan; each reward (by metric) and extractor is built once. Returns the
     summaries written."""
-    from drpo.io import write_json
     from drpo.rewards import build_reward
 
     try:
@@ -134,8 +134,8 @@ def run_plan(path: str, *, device: str = "cpu", batch_size: int = 32, bootstrap:
                 summary = reward_summary(task["manifest"], rewards[task["metric"]], task["reward"], task["scores"],
                                          task["metric"], batch_size=batch_size, bootstrap=bootstrap, seed=seed,
                                          progress=progress)
-            written.append(str(write_json(task["summary"], summary)))
-            print(f"{task['test_set']}: {task['metric']} = {summary['mean']:.4g}  ({task['summary']})")
+            written.append(str(write_score_summary(task["summary"], summary)))
+            print(f"{task['test_set']}: {task['metric']} = {summary.mean:.4g}  ({task['summary']})")
     finally:
         for reward in rewards.values():  # worker rewards hold a process
             close = getattr(reward, "close", None)
@@ -164,15 +164,16 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--manifest is required (or --geneval-results, or --plan)")
 
     if args.geneval_results:
-        summary = {"kind": "geneval", "results": str(Path(args.geneval_results).resolve()),
-                   **M.geneval_summary(M.read_geneval_results(args.geneval_results))}
+        summary = ScoreSummary.from_json({"kind": "geneval", "results": str(Path(args.geneval_results).resolve()),
+                                          **M.geneval_summary(M.read_geneval_results(args.geneval_results))})
     elif args.world_geneval:  # the world's binary checker, by its registry name like any other reward
         from drpo.rewards import build_reward
 
         out = Path(args.out) if args.out else Path(args.manifest).parent / "scores.parquet"
         scores = M.score_manifest(args.manifest, build_reward({"name": "world_checker"}, device=device), out, args.batch_size,
                                   metric="world_checker", progress=not args.no_progress)
-        summary = {"kind": "geneval", **_provenance(args.manifest), **M.geneval_summary(M.correctness_from_scores(scores))}
+        summary = ScoreSummary.from_json({"kind": "geneval", **_provenance(args.manifest),
+                                          **M.geneval_summary(M.correctness_from_scores(scores))})
     elif args.fid_ref or args.diversity or args.distance_ref:
         from drpo.eval.fid import build_extractor
 
@@ -185,7 +186,8 @@ def main(args: argparse.Namespace) -> int:
             from drpo.eval.diversity import manifest_diversity
 
             d = manifest_diversity(args.manifest, extractor, batch_size=args.batch_size, cache=not args.no_cache)
-            summary = {"kind": "diversity", "metric": "diversity", "mean": d["overall"], **d, **_provenance(args.manifest)}
+            summary = ScoreSummary.from_json({"kind": "diversity", "metric": "diversity", "mean": d["overall"], **d,
+                                              **_provenance(args.manifest)})
     elif args.reward:
         from drpo.rewards import build_reward
 
@@ -203,22 +205,22 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("choose what to compute: --plan, --reward, --fid-ref, --distance-ref, --diversity, --geneval-results or --world-geneval")
 
     if args.summary:
-        write_json(args.summary, summary)
+        write_score_summary(args.summary, summary)
         print(f"wrote {args.summary}")
     print(summary_line(summary))
     if not args.summary:  # nowhere else to find it
-        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        print(json.dumps(summary.to_json(), indent=2, sort_keys=True, default=str))
     return 0
 
 
-def summary_line(summary: dict) -> str:
+def summary_line(summary: ScoreSummary) -> str:
     """One line for the terminal: what was scored, its mean, the 95 % interval and the count."""
-    what = summary.get("metric") or summary.get("kind", "score")
-    line = f"{what}: {summary['mean']:.4g}" if summary.get("mean") is not None else f"{what}: no value"
-    if summary.get("ci_low") is not None and summary.get("ci_high") is not None:
-        line += f" (95% CI {summary['ci_low']:.4g} to {summary['ci_high']:.4g})"
-    if summary.get("n") is not None:
-        line += f", n = {summary['n']}"
-    if summary.get("geneval", {}).get("overall") is not None:
-        line += f"; GenEval overall {summary['geneval']['overall']:.4g}"
+    what = summary.metric or summary.kind or "score"
+    line = f"{what}: {summary.mean:.4g}" if summary.mean is not None else f"{what}: no value"
+    if summary.ci_low is not None and summary.ci_high is not None:
+        line += f" (95% CI {summary.ci_low:.4g} to {summary.ci_high:.4g})"
+    if summary.n is not None:
+        line += f", n = {summary.n}"
+    if summary.geneval.get("overall") is not None:
+        line += f"; GenEval overall {summary.geneval['overall']:.4g}"
     return line

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from drpo.io import read_jsonl, write_text
+from drpo.contracts import Layout, ManifestRow, read_manifest
+from drpo.io import write_text
 
 # fits a 1200 px window: wide tables scroll inside their own box, images never exceed the column
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1140px;margin:1.5em auto;padding:0 12px;color:#222}
@@ -94,18 +95,18 @@ def summary(tables: Path, name: str) -> str:
     return "\n".join(parts)
 
 
-def _marks(spec: dict | None, test_set: str, model: str, rows: list[dict]) -> list[bool | None]:
+def _marks(spec: dict | None, test_set: str, model: str, rows: list[ManifestRow]) -> list[bool | None]:
     """A checker's verdict per sampled image (✓ / ✗ on the grid), when a checker metric scored it."""
     if not spec:
         return [None] * len(rows)
     from drpo.eval.collect import CHECKER_REWARDS
 
     for metric, mspec in (spec.get("metric_specs") or {}).items():
-        path = Path(spec["results"]) / "scores" / test_set / model / f"{metric}.parquet"
+        path = Path(Layout(spec["results"]).score_values(test_set, model, metric))
         if mspec.get("name") in CHECKER_REWARDS and path.exists():
             scores = pd.read_parquet(path, columns=["prompt_id", "seed", "score"])
             verdict = {(int(p), int(s)): bool(v > 0.5) for p, s, v in scores.itertuples(index=False)}
-            return [verdict.get((int(r["prompt_id"]), int(r["seed"]))) for r in rows]
+            return [verdict.get(r.key) for r in rows]
     return [None] * len(rows)
 
 
@@ -116,16 +117,16 @@ def _sample_grid(manifest: Path, n: int, marks_for=None, out: Path | None = None
 
     first_seed = None
     rows = []
-    for r in read_jsonl(manifest):  # the first seed's first prompts: the same in every model's grid
-        first_seed = r["seed"] if first_seed is None else first_seed
-        if r["seed"] == first_seed and len(rows) < n:
+    for r in read_manifest(manifest):  # the first seed's first prompts: the same in every model's grid
+        first_seed = r.seed if first_seed is None else first_seed
+        if r.seed == first_seed and len(rows) < n:
             rows.append(r)
-    images = [Image.open(manifest.parent / r["image_path"]) for r in rows]
+    images = [Image.open(r.image) for r in rows]
     marks = marks_for(rows) if marks_for else None
     if out is not None:  # a file of its own too (Snakemake's report lists the grids)
-        return save_grid(out, images, [r["prompt"] for r in rows], ncols=min(4, n), cell=192, marks=marks).read_bytes()
+        return save_grid(out, images, [r.prompt for r in rows], ncols=min(4, n), cell=192, marks=marks).read_bytes()
     tmp = manifest.parent / ".report_grid.png"
-    save_grid(tmp, images, [r["prompt"] for r in rows], ncols=min(4, n), cell=192, marks=marks)
+    save_grid(tmp, images, [r.prompt for r in rows], ncols=min(4, n), cell=192, marks=marks)
     data = tmp.read_bytes()
     tmp.unlink()
     return data

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from drpo.contracts import ManifestRow, read_manifest, write_manifest
 from drpo.devices import resolve_device
-from drpo.io import read_jsonl, write_json, write_jsonl
+from drpo.io import write_json
 from drpo.models.seeds import latent_seed
 from drpo.shards import shard_arg
 
@@ -65,28 +66,16 @@ def image_relpath(seed: int, prompt_id: int) -> str:
     return f"seed_{seed}/images/{int(prompt_id):06d}.png"
 
 
-def _rows_for(prompts: list[dict], seeds: list[int], settings: SamplerSettings) -> list[dict]:
-    rows = []
-    for seed in seeds:
-        for p in prompts:
-            meta = {k: v for k, v in p.items() if k not in ("prompt", "prompt_id")}
-            rows.append(
-                {
-                    "model_type": settings.model_type,
-                    "sampler": settings.tag,
-                    "num_inference_steps": settings.num_inference_steps,
-                    "guidance_scale": settings.guidance_scale,
-                    "checkpoint_path": settings.lora or settings.model,
-                    "prompt_id": int(p["prompt_id"]),
-                    "prompt": p["prompt"],
-                    "seed": seed,
-                    "latent_seed": latent_seed(seed, p["prompt_id"]),
-                    "image_path": image_relpath(seed, p["prompt_id"]),
-                    "resolution": settings.resolution,
-                    "metadata": meta,
-                }
-            )
-    return rows
+def _rows_for(prompts: list[dict], seeds: list[int], settings: SamplerSettings, out: Path) -> list[ManifestRow]:
+    return [
+        ManifestRow(
+            prompt_id=int(p["prompt_id"]), seed=seed, prompt=p["prompt"], image_path=image_relpath(seed, p["prompt_id"]),
+            latent_seed=latent_seed(seed, p["prompt_id"]), metadata={k: v for k, v in p.items() if k not in ("prompt", "prompt_id")},
+            resolution=settings.resolution, model_type=settings.model_type, sampler=settings.tag,
+            num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+            checkpoint_path=settings.lora or settings.model, folder=str(out))
+        for seed in seeds for p in prompts
+    ]
 
 
 def _readable(path: Path) -> bool:
@@ -196,8 +185,8 @@ def sample(
     prompts = load_prompt_rows(prompts_path)
     resolution = _reset_if_settings_changed(out, settings) or settings.resolution
     index, count = shard
-    rows = [r for i, r in enumerate(_rows_for(prompts, seeds, settings)) if i % count == index]
-    todo = [r for r in rows if not _readable(out / r["image_path"])]
+    rows = [r for i, r in enumerate(_rows_for(prompts, seeds, settings, out)) if i % count == index]
+    todo = [r for r in rows if not _readable(out / r.image_path)]
     if todo:
         loaded = {} if loaded is None else loaded
         if "model" not in loaded:
@@ -208,15 +197,13 @@ def sample(
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=f"sampling {out.name}", disable=not progress, unit="img")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            images = model([r["prompt"] for r in chunk], [r["latent_seed"] for r in chunk])
+            images = model([r.prompt for r in chunk], [r.latent_seed for r in chunk])
             for row, image in zip(chunk, images):
-                save_image(out / row["image_path"], image)
+                save_image(out / row.image_path, image)
             bar.update(len(chunk))
         bar.close()
-    for r in rows:
-        r["resolution"] = resolution
     name = "manifest.jsonl" if count == 1 else f"manifest.shard-{index}-of-{count}.jsonl"
-    return write_jsonl(out / name, rows)
+    return write_manifest(out / name, [replace(r, resolution=resolution) for r in rows])
 
 
 def merge_shards(out: str | Path) -> Path:
@@ -228,21 +215,12 @@ def merge_shards(out: str | Path) -> Path:
     total = {int(p.name.split("-of-")[1].split(".")[0]) for p in shards}
     if len(total) != 1 or len(shards) != total.pop():
         raise ValueError(f"{out}: incomplete or mixed shard set: {[p.name for p in shards]}")
-    rows = [r for p in shards for r in read_jsonl(p)]
-    missing = [r["image_path"] for r in rows if not (out / r["image_path"]).exists()]
+    rows = [r for p in shards for r in read_manifest(p)]
+    missing = [r.image_path for r in rows if not (out / r.image_path).exists()]
     if missing:
         raise FileNotFoundError(f"{out}: {len(missing)} images listed in shard manifests are missing, e.g. {missing[0]}")
-    rows.sort(key=lambda r: (r["seed"], r["prompt_id"]))
-    return write_jsonl(out / "manifest.jsonl", rows)
-
-
-def load_manifest(path: str | Path) -> list[dict]:
-    """Manifest rows with `image_path` made absolute (relative to the manifest's folder)."""
-    path = Path(path)
-    rows = read_jsonl(path)
-    for r in rows:
-        r["image_path"] = str((path.parent / r["image_path"]).resolve())
-    return rows
+    rows.sort(key=lambda r: (r.seed, r.prompt_id))
+    return write_manifest(out / "manifest.jsonl", rows)
 
 
 # -- CLI ----------------------------------------------------------------------------------------

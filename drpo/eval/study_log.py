@@ -17,23 +17,17 @@ workflow's parent run gets `results.csv`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from drpo.contracts import Layout, read_judge_summary, read_score_summary
 
 EVAL_PREFIX, JUDGE_PREFIX = "eval", "judge"
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def model_metrics(spec: dict, model: str) -> dict[str, float]:
     """Every held-out number of one evaluated model, under the names above."""
-    results = Path(spec["results"])
+    layout = Layout(spec["results"])
     out: dict[str, float] = {}
 
     def put(name: str, value: Any) -> None:
@@ -42,14 +36,14 @@ def model_metrics(spec: dict, model: str) -> dict[str, float]:
 
     for ts in spec["test_sets"]:
         for metric in spec["metrics"]:
-            s = _read(results / "scores" / ts / model / f"{metric}.json")
+            s = read_score_summary(layout.score_summary(ts, model, metric))
             if s is None:
                 continue
-            put(f"{EVAL_PREFIX}/{ts}/{metric}", s.get("mean"))
-            put(f"{EVAL_PREFIX}/{ts}/{metric}/ci_low", s.get("ci_low"))
-            put(f"{EVAL_PREFIX}/{ts}/{metric}/ci_high", s.get("ci_high"))
+            put(f"{EVAL_PREFIX}/{ts}/{metric}", s.mean)
+            put(f"{EVAL_PREFIX}/{ts}/{metric}/ci_low", s.ci_low)
+            put(f"{EVAL_PREFIX}/{ts}/{metric}/ci_high", s.ci_high)
             # a checker metric's GenEval summary (drpo score --reward ...), or a GenEval run's own
-            geneval = s.get("geneval") or (s if s.get("kind") == "geneval" else {})
+            geneval = s.geneval
             ci = geneval.get("ci95") or {}
             put(f"{EVAL_PREFIX}/{ts}/{metric}/geneval_overall", geneval.get("overall"))
             for end, k in (("ci_low", 0), ("ci_high", 1)):
@@ -61,12 +55,12 @@ def model_metrics(spec: dict, model: str) -> dict[str, float]:
     for j in spec.get("judged", []):
         if j["judged"] != model:
             continue
-        s = _read(Path(j["path"]))
+        s = read_judge_summary(j["path"])
         if s is None:
             continue
         name = f"{JUDGE_PREFIX}/{j['test_set']}/vs_{j['opponent']}"
-        put(name, s.get("preference_share"))
-        ci = s.get("preference_share_ci95") or [None, None]
+        put(name, s.preference_share)
+        ci = s.preference_share_ci95 or [None, None]
         put(f"{name}/ci_low", ci[0])
         put(f"{name}/ci_high", ci[1])
     return out

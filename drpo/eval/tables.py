@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from drpo.contracts import RESULT_COLUMNS, JudgeSummary, ResultRow, read_judge_summary, read_results
 from drpo.eval import paper as P
 from drpo.eval.metrics import (
     GENEVAL_TAG_LABELS,
@@ -45,7 +46,6 @@ from drpo.eval.metrics import (
     to_display,
 )
 
-RESULT_COLUMNS = ["table", "method", "test_set", "metric", "value", "ci_low", "ci_high", "source", "judged"]
 DASH = "–"
 TEXT_METRICS = ("steps", "reward_grad")  # method properties, not numbers on a test set
 
@@ -96,7 +96,8 @@ def load_results(results: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
         path = Path(results)
         if not path.exists():
             raise FileNotFoundError(f"results file {path} does not exist")
-        results = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False, na_values=[""])
+        results = pd.read_parquet(path) if path.suffix == ".parquet" else pd.DataFrame(
+            [r.to_json() for r in read_results(path)], columns=RESULT_COLUMNS)
         where = str(path)
     else:
         where = "results frame"
@@ -817,46 +818,30 @@ def build_all(
 # -- results rows from other outputs ------------------------------------------------------------
 
 
-def _ci_from(summary: dict) -> tuple[float | None, float | None]:
-    for key in ("preference_share_ci95", "ci", "preference_share_ci", "ci95", "bootstrap_ci"):
-        ci = summary.get(key)
-        if isinstance(ci, (list, tuple)) and len(ci) == 2:
-            return float(ci[0]), float(ci[1])
-        if isinstance(ci, dict):
-            lo, hi = ci.get("low", ci.get("lo")), ci.get("high", ci.get("hi"))
-            if lo is not None and hi is not None:
-                return float(lo), float(hi)
-    if "ci_low" in summary and "ci_high" in summary:
-        return float(summary["ci_low"]), float(summary["ci_high"])
-    return None, None
-
-
 def preference_row(*, table: str, judged: str, opponent: str, test_set: str, share: float | None,
-                   ci: tuple[float | None, float | None] = (None, None), source: str = "") -> dict:
+                   ci: tuple[float | None, float | None] = (None, None), source: str = "") -> ResultRow:
     """The one record of a judge result: in table `table` (a preference table), `judged`'s (DrPO's)
     preference share in [0, 1] against `opponent` (the table's row, the record's `method`) on
     `test_set`, with its CI. `drpo collect` and `drpo tables --judge` both write it."""
-    return {"table": table, "method": opponent, "test_set": test_set, "metric": "preference", "value": share,
-            "ci_low": ci[0], "ci_high": ci[1], "source": source, "judged": judged}
+    return ResultRow(table=table, method=opponent, test_set=test_set, metric="preference", value=share,
+                     ci_low=ci[0], ci_high=ci[1], source=source, judged=judged)
 
 
-def result_from_judge_summary(summary: dict | str | os.PathLike, *, table: str, opponent: str | None = None,
-                              test_set: str | None = None, judged: str = "DrPO") -> dict:
-    """A preference record (`preference_row`) from a `drpo judge --summary` JSON: preference_share
-    in [0, 1] of `judged` (the left method), preference_share_ci95 (or ci / ci_low+ci_high), the
-    opponent from `right_label` unless given; the test set must be given unless the file has `test_set`."""
-    import json
-
-    src = "(dict)"
-    if not isinstance(summary, dict):
+def result_from_judge_summary(summary: JudgeSummary | str | os.PathLike, *, table: str, opponent: str | None = None,
+                              test_set: str | None = None, judged: str = "DrPO") -> ResultRow:
+    """A preference record (`preference_row`) from a `drpo judge --summary` file: the preference
+    share in [0, 1] of `judged` (the left method) and its CI; the opponent is the file's
+    `right_label` unless given; the test set must be given unless the file has `test_set`."""
+    src = "(summary)"
+    if not isinstance(summary, JudgeSummary):
         src = str(summary)
-        summary = json.loads(Path(summary).read_text())
-    if "preference_share" not in summary:
-        raise ValueError(f"judge summary {src} has no 'preference_share' (keys: {sorted(summary)})")
-    opponent = opponent or summary.get("opponent") or summary.get("right_label") or summary.get("method_b")
-    test_set = test_set or summary.get("test_set")
+        read = read_judge_summary(summary)
+        if read is None:
+            raise FileNotFoundError(f"judge summary {src} does not exist (write it with `drpo judge --summary`)")
+        summary = read
+    opponent = opponent or summary.right_label
+    test_set = test_set or summary.details.get("test_set")
     if not opponent or not test_set:
         raise ValueError(f"judge summary {src}: name the opponent and test set (OPPONENT:TEST_SET=path), the file has neither")
-    share = summary["preference_share"]
-    return preference_row(table=table, judged=judged, opponent=opponent, test_set=test_set,
-                          share=None if share is None else float(share), ci=_ci_from(summary), source=src)
+    return preference_row(table=table, judged=judged, opponent=opponent, test_set=test_set, share=summary.preference_share,
+                          ci=summary.preference_share_ci95 or (None, None), source=src)

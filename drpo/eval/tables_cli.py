@@ -69,6 +69,7 @@ def read_table_specs(path: str | Path) -> dict[str, dict]:
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from drpo.contracts import RESULT_COLUMNS
     from drpo.eval.tables import build_all, load_results, paper_tables, result_from_judge_summary
 
     if not args.out:
@@ -89,11 +90,11 @@ def main(args: argparse.Namespace) -> int:
             opponent, _, test_set = key.partition(":")
             rows.append(result_from_judge_summary(path, table=preference[0], opponent=opponent or None, test_set=test_set or None))
     if rows:
-        frames.append(pd.DataFrame(rows))
+        frames.append(pd.DataFrame([r.to_json() for r in rows]))
     if not frames and not args.curves:
         raise ValueError("nothing to tabulate: give --results, --judge or --curves")
     results = pd.concat([f[[c for c in f.columns if not c.startswith("_")]] for f in frames], ignore_index=True) if frames \
-        else pd.DataFrame(columns=["table", "method", "test_set", "metric", "value"])
+        else pd.DataFrame(columns=RESULT_COLUMNS)
     curves = {label or Path(p).parent.name: p for label, p in _pairs(args.curves, "--curves")}
     # a spec names what to write: each of its tables, with results or not; --paper only those with results
     written = build_all(results, args.out, tables=tables, curves=curves or None, curve_metric=args.curve_metric,

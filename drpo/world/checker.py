@@ -280,7 +280,8 @@ def manifest_correctness(manifest_path: str | Path, progress: bool = False):
     DataFrame of prompt_id, seed, tag, correct, fraction, reason, image_path."""
     import pandas as pd
 
-    from drpo.eval.metrics import load_images, read_manifest
+    from drpo.contracts import read_manifest
+    from drpo.eval.metrics import load_images
 
     rows = read_manifest(manifest_path)
     out = []
@@ -290,12 +291,12 @@ def manifest_correctness(manifest_path: str | Path, progress: bool = False):
 
         it = tqdm(rows, desc="checking", unit="img")
     for r in it:
-        meta = dict(r["metadata"] or {})
+        meta = dict(r.metadata)
         if "tag" not in meta:
-            raise ValueError(f"{manifest_path}: row prompt_id={r['prompt_id']} has no metadata.tag; not a GenEval-format prompt set")
-        image = load_images([r["_abs_path"]])[0].permute(1, 2, 0).numpy()
-        res = check(image, {"prompt": r["prompt"], **meta})
-        out.append({"prompt_id": int(r["prompt_id"]), "seed": int(r["seed"]), "tag": meta["tag"],
+            raise ValueError(f"{manifest_path}: row prompt_id={r.prompt_id} has no metadata.tag; not a GenEval-format prompt set")
+        image = load_images([r.image])[0].permute(1, 2, 0).numpy()
+        res = check(image, {"prompt": r.prompt, **meta})
+        out.append({"prompt_id": r.prompt_id, "seed": r.seed, "tag": meta["tag"],
                     "correct": bool(res.correct), "fraction": float(res.fraction), "reason": res.reason,
-                    "image_path": r["image_path"]})
+                    "image_path": r.image_path})
     return pd.DataFrame(out)

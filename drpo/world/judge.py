@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from drpo.eval.judgement import Judgement
+from drpo.contracts import Judgement
 from drpo.world.checker import CheckResult, check
 from drpo.world.rewards import metadata_row
 

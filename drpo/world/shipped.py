@@ -12,11 +12,15 @@ otherwise, saying which key differs; `make world-models` rebuilds the files and
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from drpo.errors import UserError
 from drpo.io import fresh_dir, sha256_file, write_json
+
+log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).with_name("shipped")
 MANIFEST = "manifest.json"
@@ -38,7 +42,7 @@ def files_of(folder: str | Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def read_manifest(root: str | Path = SHIPPED) -> dict:
+def read_shipment(root: str | Path = SHIPPED) -> dict:
     path = Path(root) / MANIFEST
     if not path.exists():
         return {}
@@ -50,7 +54,7 @@ def read_manifest(root: str | Path = SHIPPED) -> dict:
 
 def differences(kind: str, recipe: dict, root: str | Path = SHIPPED) -> list[str]:
     """The recipe keys in which the shipped `kind` differs from `recipe` (['not shipped'] if none is)."""
-    shipped = read_manifest(root).get(kind)
+    shipped = read_shipment(root).get(kind)
     if shipped is None:
         return ["not shipped"]
     keys = sorted(set(shipped["recipe"]) | set(recipe))
@@ -60,7 +64,7 @@ def differences(kind: str, recipe: dict, root: str | Path = SHIPPED) -> list[str
 def verify(kind: str, root: str | Path = SHIPPED) -> None:
     """Every shipped file of `kind` is there with its manifest's sha256 (UserError naming the file)."""
     folder = Path(root) / kind
-    expected = read_manifest(root)[kind]["files"]
+    expected = read_shipment(root)[kind]["files"]
     actual = files_of(folder) if folder.is_dir() else {}
     for name, digest in expected.items():
         if actual.get(name) != digest:
@@ -69,7 +73,8 @@ def verify(kind: str, root: str | Path = SHIPPED) -> None:
                             f"(`git checkout -- {folder}`) or train it (`world: {{shipped: false}}` in the config)")
 
 
-def install(kind: str, recipe: dict, out: str | Path, log=print, root: str | Path = SHIPPED) -> bool:
+def install(kind: str, recipe: dict, out: str | Path, log: Callable[[str], None] = log.info,
+            root: str | Path = SHIPPED) -> bool:
     """Copy the shipped `kind` to `out` if it was built from `recipe` (then True); else log why
     not and return False, so the caller trains it. The copy lands whole or not at all."""
     diff = differences(kind, recipe, root)
@@ -93,14 +98,14 @@ def record(kind: str, recipe: dict, folder: str | Path, root: str | Path = SHIPP
     if Path(folder).resolve() != target.resolve():
         with fresh_dir(target) as work:
             shutil.copytree(folder, work, dirs_exist_ok=True)
-    manifest = read_manifest(root)
+    manifest = read_shipment(root)
     manifest[kind] = {"recipe": recipe, "files": files_of(target), "torch": torch.__version__}
     return write_json(root / MANIFEST, manifest)
 
 
 def compare(root: str | Path, other: str | Path) -> list[str]:
     """Lines naming every file whose sha256 differs between two shipped trees (empty: identical)."""
-    a, b = read_manifest(root), read_manifest(other)
+    a, b = read_shipment(root), read_shipment(other)
     lines = []
     for kind in KINDS:
         fa, fb = a.get(kind, {}).get("files", {}), b.get(kind, {}).get("files", {})

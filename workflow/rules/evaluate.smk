@@ -6,7 +6,7 @@ rule sample:
     input:
         unpack(lambda w: wf.sample_inputs(config, w.model)),
     output:
-        expand(f"{R}/samples/{{test_set}}/{{{{model}}}}/manifest.jsonl", test_set=TEST_SETS),
+        expand(L.manifest("{test_set}", "{{model}}"), test_set=TEST_SETS),
     params:
         args=lambda w: wf.sample_argv(config, w.model),
         out=lambda w, output: [os.path.dirname(m) for m in output],
@@ -15,7 +15,7 @@ rule sample:
     resources:
         gpus=0,
     log:
-        f"{R}/logs/sample/{{model}}.log",
+        L.log("sample", "{model}"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -28,11 +28,11 @@ rule sample:
 # reference), as a file: a changed metric re-runs this rule (params) and the model's score job.
 rule score_plan:
     output:
-        f"{R}/scores/_plans/{{model}}.json",
+        L.score_plan("{model}"),
     params:
         tasks=lambda w: wf.score_plan(config, w.model),
     log:
-        f"{R}/logs/score_plan/{{model}}.log",
+        L.log("score_plan", "{model}"),
     run:
         wf.write_score_plan(config, wildcards.model, output[0])
 
@@ -44,12 +44,12 @@ rule score:
     input:
         unpack(lambda w: wf.score_inputs(config, w.model)),
     output:
-        f"{R}/scores/_done/{{model}}.json",
+        L.score_done("{model}"),
     threads: THREADS
     resources:
         gpus=0,
     log:
-        f"{R}/logs/score/{{model}}.log",
+        L.log("score", "{model}"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -58,11 +58,11 @@ rule score:
 
 rule judge:
     input:
-        a=f"{R}/samples/{{test_set}}/{{a}}/manifest.jsonl",
-        b=f"{R}/samples/{{test_set}}/{{b}}/manifest.jsonl",
+        a=L.manifest("{test_set}", "{a}"),
+        b=L.manifest("{test_set}", "{b}"),
     output:
-        judgements=f"{R}/judge/{{test_set}}/{{a}}__vs__{{b}}.jsonl",
-        summary=f"{R}/judge/{{test_set}}/{{a}}__vs__{{b}}.json",
+        judgements=L.judgements("{test_set}", "{a}", "{b}"),
+        summary=L.judge_summary("{test_set}", "{a}", "{b}"),
     params:
         args=lambda w: wf.judge_argv(config),
     wildcard_constraints:
@@ -71,7 +71,7 @@ rule judge:
     resources:
         gpus=0,
     log:
-        f"{R}/logs/judge/{{test_set}}/{{a}}__vs__{{b}}.log",
+        L.log("judge", "{test_set}", "{a}__vs__{b}"),
     conda:
         "../../envs/judge.yaml"
     shell:

@@ -7,11 +7,11 @@ rule prompt_set:
     input:
         lambda w: wf.prompt_set_inputs(config, w.prompt_set),
     output:
-        f"{R}/prompts/{{prompt_set}}.jsonl",
+        L.prompts("{prompt_set}"),
     params:
         args=lambda w: wf.prompt_set_argv(config, w.prompt_set),
     log:
-        f"{R}/logs/prompts/{{prompt_set}}.log",
+        L.log("prompts", "{prompt_set}"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -22,12 +22,12 @@ rule pickapic_pairs:
     input:
         lambda w: wf.dataset_inputs(config, w.dataset),
     output:
-        f"{R}/datasets/{{dataset}}/pairs.jsonl",
+        L.dataset_pairs("{dataset}"),
     params:
         args=lambda w: wf.dataset_argv(config, w.dataset),
-        out=lambda w: f"{R}/datasets/{w.dataset}",
+        out=lambda w: L.dataset(w.dataset),
     log:
-        f"{R}/logs/datasets/{{dataset}}.log",
+        L.log("datasets", "{dataset}"),
     conda:
         "../../envs/core.yaml"
     shell:

@@ -3,20 +3,20 @@
 # (`builder:`), beside the paper table it names (`paper:`), if any. `snakemake --report` adds
 # the workflow's own report.
 
-SCORED = [f"{R}/scores/_done/{model}.json" for model in MODELS]  # one score job per model
+SCORED = [L.score_done(model) for model in MODELS]  # one score job per model
 JUDGED = [j["path"] for j in wf.judge_summaries(config)]
-TRAINED = [f"{R}/runs/{rid}/final/training_state.json" for rid in RUNS]
+TRAINED = [L.final_state(rid) for rid in RUNS]
 
 
 # What collect gathers and how each table is drawn (builder, paper table, rows), as a file: a
 # changed spec re-runs this rule (params) and, through its output, collect and tables.
 rule collect_spec:
     output:
-        f"{R}/collect_spec.json",
+        L.collect_spec(),
     params:
         spec=wf.to_json(wf.collect_spec(config)),
     log:
-        f"{R}/logs/collect_spec.log",
+        L.log("collect_spec"),
     run:
         wf.write_collect_spec(config, output[0])
 
@@ -26,9 +26,9 @@ rule collect:
         summaries=SCORED + JUDGED + TRAINED + ([TIMING] if TIMING else []),
         spec=rules.collect_spec.output[0],
     output:
-        f"{R}/results.csv",
+        L.results_csv(),
     log:
-        f"{R}/logs/collect.log",
+        L.log("collect"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -37,23 +37,23 @@ rule collect:
 
 rule tables:
     input:
-        results=f"{R}/results.csv",
+        results=L.results_csv(),
         spec=rules.collect_spec.output[0],
-        metrics=[f"{R}/runs/{rid}/metrics.jsonl" for rid in RUNS],
+        metrics=[L.run_metrics(rid) for rid in RUNS],
     output:
-        index=report(f"{R}/tables/index.md", caption="../report/tables.rst", category="Tables"),
+        index=report(L.table("index", "md"), caption="../report/tables.rst", category="Tables"),
         # every configured table is a target of its own: results/tables/<name>.{csv,md,tex}
-        tables=[report(f"{R}/tables/{name}.csv", caption="../report/table.rst", category="Tables", subcategory=name,
+        tables=[report(L.table(name, "csv"), caption="../report/table.rst", category="Tables", subcategory=name,
                        labels={"table": name, "format": "csv"}) for name in config.get("tables", {})]
-        + expand(f"{R}/tables/{{name}}.{{ext}}", name=list(config.get("tables", {})), ext=["md", "tex"]),
+        + [L.table(name, ext) for name in config.get("tables", {}) for ext in ("md", "tex")],
         figures=[report(png, caption="../report/figures.rst", category="Figures", labels={"figure": name})
                  for name, png in wf.table_figures(config).items()],
     params:
         out=lambda w, output: os.path.dirname(output.index),
         # reward curves of the runs that have a reward (run ids: labels may hold "=")
-        curves=[f"{rid}={R}/runs/{rid}/metrics.jsonl" for rid, run in RUNS.items() if "reward" in run.spec],
+        curves=[f"{rid}={L.run_metrics(rid)}" for rid, run in RUNS.items() if "reward" in run.spec],
     log:
-        f"{R}/logs/tables.log",
+        L.log("tables"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -65,9 +65,9 @@ rule report_html:
     input:
         index=rules.tables.output.index,
         spec=rules.collect_spec.output[0],
-        samples=[f"{R}/samples/{ts}/{m}/manifest.jsonl" for ts in TEST_SETS for m in MODELS],
+        samples=[L.manifest(ts, m) for ts in TEST_SETS for m in MODELS],
     output:
-        html=report(f"{R}/report.html", caption="../report/report.rst", category="Report", labels={"page": "report.html"}),
+        html=report(L.report(), caption="../report/report.rst", category="Report", labels={"page": "report.html"}),
         grids=[report(png, caption="../report/grids.rst", category="Samples", subcategory=ts,
                       labels={"test set": ts, "model": MODELS[m]["label"]}) for (ts, m), png in wf.sample_grids(config).items()],
     params:
@@ -75,7 +75,7 @@ rule report_html:
         samples=lambda w, input: os.path.dirname(os.path.dirname(os.path.dirname(input.samples[0]))),
         grids=lambda w, output: os.path.dirname(os.path.dirname(output.grids[0])),
     log:
-        f"{R}/logs/report.log",
+        L.log("report"),
     conda:
         "../../envs/core.yaml"
     shell:

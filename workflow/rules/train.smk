@@ -4,11 +4,11 @@
 
 rule train_config:
     output:
-        f"{R}/runs/{{run}}/train.yaml",
+        L.train_config("{run}"),
     params:
         cfg=lambda w: wf.train_config(config, w.run),
     log:
-        f"{R}/logs/train_config/{{run}}.log",
+        L.log("train_config", "{run}"),
     run:
         wf.write_train_config(config, wildcards.run, output[0])
 
@@ -17,8 +17,8 @@ rule train:
     input:
         unpack(lambda w: wf.run_inputs(config, w.run)),
     output:
-        final=f"{R}/runs/{{run}}/final/training_state.json",
-        metrics=f"{R}/runs/{{run}}/metrics.jsonl",  # every logged step, also when MLflow is unreachable
+        final=L.final_state("{run}"),
+        metrics=L.run_metrics("{run}"),  # every logged step, also when MLflow is unreachable
     params:
         launch=lambda w: wf.launch_command(config, w.run),
     threads: THREADS
@@ -28,7 +28,7 @@ rule train:
         gpu=lambda w: wf.launcher(config, w.run)["gpus"],
         gpus=lambda w: wf.launcher(config, w.run)["gpus"],
     log:
-        f"{R}/logs/train/{{run}}.log",
+        L.log("train", "{run}"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -38,29 +38,29 @@ rule train:
 
 # §6.3's timing run: DrPO and DRaFT from their runs' configs, re-pointed at evaluation.timing's
 # reward, candidates and effective batch, timed interleaved in one job (drpo bench timing).
-TIMING = f"{R}/timing/timing.json" if wf.timing_runs(config) else None
+TIMING = L.timing() if wf.timing_runs(config) else None
 
 
 rule timing_config:
     output:
-        f"{R}/timing/{{method}}.yaml",
+        L.timing_config("{method}"),
     wildcard_constraints:
         method="drpo|draft",
     params:
         cfg=lambda w: wf.timing_config(config, w.method),
     log:
-        f"{R}/logs/timing_config/{{method}}.log",
+        L.log("timing_config", "{method}"),
     run:
         wf.write_timing_config(config, wildcards.method, output[0])
 
 
 rule timing:
     input:
-        drpo=f"{R}/timing/drpo.yaml",
-        draft=f"{R}/timing/draft.yaml",
+        drpo=L.timing_config("drpo"),
+        draft=L.timing_config("draft"),
         needs=lambda w: wf.timed_inputs(config),
     output:
-        f"{R}/timing/timing.json",
+        L.timing(),
     params:
         repeats=config["evaluation"].get("timing", {}).get("repeats", 3),
         warmup=config["evaluation"].get("timing", {}).get("warmup", 1),
@@ -69,7 +69,7 @@ rule timing:
         gpu=1 if wf.uses_gpu(config) else 0,
         gpus=1 if wf.uses_gpu(config) else 0,
     log:
-        f"{R}/logs/timing.log",
+        L.log("timing"),
     conda:
         "../../envs/core.yaml"
     shell:

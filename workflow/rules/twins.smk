@@ -21,7 +21,7 @@ if config.get("twins") is not None:
             out=lambda w, output: os.path.dirname(output.manifest),
             seed=int(config["twins"].get("seed", 0)),
         log:
-            f"{R}/logs/twins.log",
+            L.log("twins"),
         conda:
             "../../envs/core.yaml"
         shell:

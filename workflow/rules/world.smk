@@ -10,9 +10,9 @@ SHIPPED = ["--shipped"] if W.get("shipped", True) else []
 
 rule world_base:
     input:
-        f"{R}/prompts/world_train.jsonl",
+        L.prompts("world_train"),
     output:
-        f"{R}/world/base/model_index.json",
+        f"{L.world_base()}/model_index.json",
     params:
         out=lambda w, output: os.path.dirname(output[0]),
         base=W.get("base", {}),
@@ -24,7 +24,7 @@ rule world_base:
     resources:
         gpus=0,
     log:
-        f"{R}/logs/world/base.log",
+        L.log("world", "base"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -35,9 +35,9 @@ rule world_base:
 
 rule world_reward_model:
     input:
-        f"{R}/prompts/world_train.jsonl",
+        L.prompts("world_train"),
     output:
-        f"{R}/world/reward_model/config.json",
+        f"{L.world_reward_model()}/config.json",
     params:
         out=lambda w, output: os.path.dirname(output[0]),
         world=W,
@@ -46,7 +46,7 @@ rule world_reward_model:
     resources:
         gpus=0,
     log:
-        f"{R}/logs/world/reward_model.log",
+        L.log("world", "reward_model"),
     conda:
         "../../envs/core.yaml"
     shell:
@@ -57,13 +57,13 @@ rule world_reward_model:
 
 rule world_pairs:
     input:
-        f"{R}/prompts/world_train.jsonl",
+        L.prompts("world_train"),
     output:
-        f"{R}/world/pairs/pairs.jsonl",
+        L.world_pairs(),
     params:
         world=W,
     log:
-        f"{R}/logs/world/pairs.log",
+        L.log("world", "pairs"),
     conda:
         "../../envs/core.yaml"
     shell:
