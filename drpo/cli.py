@@ -1,6 +1,6 @@
-"""The `drpo` command. Each subcommand lives in its own module, imported only when used.
+"""The `drpo` command. The command `drpo X` lives in `drpo/commands/X.py`, imported only when used.
 
-A subcommand module defines `add_arguments(parser)` and `main(args) -> int | None`.
+A command module defines `add_arguments(parser)` and `main(args) -> int | None` (see drpo.commands).
 """
 
 from __future__ import annotations
@@ -16,21 +16,21 @@ from drpo.errors import UserError
 
 # name -> (module, one-line help). Modules are imported lazily so `drpo --help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "toy": ("drpo.toy", "2-D demonstration of the drift field (writes a figure, < 30 s on a laptop)"),
-    "train": ("drpo.train.cli", "train DrPO, its offline variant or a baseline from a config (resumable)"),
-    "job": ("drpo.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
-    "bench": ("drpo.bench", "benchmarks: DrPO vs DRaFT seconds per update, the drift field's cost"),
-    "collect": ("drpo.eval.collect", "gather the workflow's score and judge summaries into one results file"),
-    "report": ("drpo.eval.report", "one self-contained HTML page: tables, figures, sample grids"),
-    "sample": ("drpo.eval.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),
-    "score": ("drpo.eval.metrics_cli", "a metric on a sampled test set: any reward, FID, diversity, GenEval (resumable)"),
-    "tables": ("drpo.eval.tables_cli", "the paper's tables and figures from a results file, paper values beside ours"),
-    "prompts": ("drpo.data.cli", "prepare public prompt sets (sha256-checked), Pick-a-Pic pairs, train/test disjointness"),
-    "world": ("drpo.world.cli", "the synthetic shapes world: GenEval-format prompts, rendered pictures"),
-    "fetch": ("drpo.fetch", "list every model, weight file and dataset a config needs (sizes, present/missing) and download the missing ones"),
-    "judge": ("drpo.eval.judge_cli", "pairwise preference of two sample sets by a Qwen3-VL / OpenAI-compatible / world judge (resumable)"),
-    "preload": ("drpo.preload", "a warm interpreter for the workflow's jobs on one machine (DRPO_PRELOAD=1 snakemake ...)"),
-    "twins": ("drpo.models.twins", "tiny random-weight twins of every model a config names (the test studies, config/test/*.yaml)"),
+    "toy": ("drpo.commands.toy", "2-D demonstration of the drift field (writes a figure, < 30 s on a laptop)"),
+    "train": ("drpo.commands.train", "train DrPO, its offline variant or a baseline from a config (resumable)"),
+    "job": ("drpo.commands.job", "run one workflow job as an MLflow child run, on its own GPUs (used by the Snakefile)"),
+    "bench": ("drpo.commands.bench", "benchmarks: DrPO vs DRaFT seconds per update, the drift field's cost"),
+    "collect": ("drpo.commands.collect", "gather the workflow's score and judge summaries into one results file"),
+    "report": ("drpo.commands.report", "one self-contained HTML page: tables, figures, sample grids"),
+    "sample": ("drpo.commands.sample", "sample a test set with any generator; images + manifest.jsonl (resumable)"),
+    "score": ("drpo.commands.score", "a metric on a sampled test set: any reward, FID, diversity, GenEval (resumable)"),
+    "tables": ("drpo.commands.tables", "the paper's tables and figures from a results file, paper values beside ours"),
+    "prompts": ("drpo.commands.prompts", "prepare public prompt sets (sha256-checked), Pick-a-Pic pairs, train/test disjointness"),
+    "world": ("drpo.commands.world", "the synthetic shapes world: GenEval-format prompts, rendered pictures"),
+    "fetch": ("drpo.commands.fetch", "list every model, weight file and dataset a config needs (sizes, present/missing) and download the missing ones"),
+    "judge": ("drpo.commands.judge", "pairwise preference of two sample sets by a Qwen3-VL / OpenAI-compatible / world judge (resumable)"),
+    "preload": ("drpo.commands.preload", "a warm interpreter for the workflow's jobs on one machine (DRPO_PRELOAD=1 snakemake ...)"),
+    "twins": ("drpo.commands.twins", "tiny random-weight twins of every model a config names (the test studies, config/test/*.yaml)"),
 }
 
 

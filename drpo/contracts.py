@@ -445,6 +445,16 @@ def read_results(path: str | os.PathLike) -> list[ResultRow]:
     return rows
 
 
+# -- a checker's verdict --------------------------------------------------------------------------
+
+CORRECT_ABOVE = 0.5  # a binary (checker) reward scores 1 for a correct image, 0 for a wrong one
+
+
+def is_correct(score: Any) -> Any:
+    """A checker score's verdict (a float, or elementwise for an array, tensor or Series)."""
+    return score > CORRECT_ABOVE
+
+
 # -- the judge interface ---------------------------------------------------------------------------
 
 

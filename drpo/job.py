@@ -15,13 +15,11 @@ The Snakefile prefixes each heavy rule's command with this wrapper. It
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,19 +112,3 @@ def run_job(command: list[str], rule: str, wildcards: dict[str, str], config_has
             if code != 0:
                 tracker.close("FAILED")
         return code
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rule", required=True, help="the Snakemake rule this job belongs to")
-    parser.add_argument("--wildcards", default="", help="the job's wildcards as 'KEY=VALUE KEY=VALUE'")
-    parser.add_argument("--config-hash", default=os.environ.get("DRPO_CONFIG_HASH", ""),
-                        help="hash of the workflow config (default: $DRPO_CONFIG_HASH, which the Snakefile sets)")
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs this job needs (workstations: each job gets its own)")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command to run")
-
-
-def main(args: argparse.Namespace) -> int:
-    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if command and command[0] == "drpo":
-        command = [sys.executable, "-m", "drpo.cli", *command[1:]]  # the same environment as this wrapper
-    return run_job(command, args.rule, parse_wildcards(args.wildcards), args.config_hash, args.gpus)

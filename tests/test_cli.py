@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +48,35 @@ def test_status_goes_to_stderr_with_the_drpo_prefix_results_to_stdout(tmp_path, 
     assert stdout == "" and stderr.startswith("drpo world: error: drpo world prompts: give --n N")
     logging.getLogger("drpo.test").warning("careful")
     assert capsys.readouterr().err == "drpo: warning: careful\n"
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "drpo"
+
+
+def _functions(path: Path) -> set[str]:
+    return {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def test_the_command_drpo_x_lives_in_drpo_commands_x():
+    """One rule: `drpo X` is drpo/commands/X.py (arguments in, a call into the package), and no other
+    module has a command line of its own."""
+    assert {name: module for name, (module, _) in COMMANDS.items()} == {name: f"drpo.commands.{name}" for name in COMMANDS}
+    files = {p.stem for p in (PACKAGE / "commands").glob("*.py") if p.name != "__init__.py"}
+    assert files == set(COMMANDS)
+    for name in files:
+        assert {"add_arguments", "main"} <= _functions(PACKAGE / "commands" / f"{name}.py"), name
+    elsewhere = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                       if p.parent != PACKAGE / "commands" and p != PACKAGE / "cli.py" and "add_arguments" in _functions(p))
+    assert elsewhere == []
+
+
+def test_drpo_help_imports_no_command_and_not_torch():
+    code = ("import sys\n"
+            "from drpo.cli import main\n"
+            "assert main([]) == 0\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers', 'pandas')"
+            " or m.startswith('drpo.commands.'))\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: drpo" in proc.stdout

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from drpo.commands.train import parse_overrides
 from drpo.config import ConfigError, config_hash, flatten, to_dict
-from drpo.train.cli import parse_overrides
+from drpo.data.prompts import load_prompts
 from drpo.train.config import TrainConfig, load_train_config, train_config_from_dict
-from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed
+from drpo.train.data import PromptSchedule, micro_seed
 
 
 def test_defaults_are_the_papers_sd_turbo_recipe():
@@ -74,7 +75,7 @@ def test_an_error_the_overrides_bring_names_set_not_the_file(tmp_path):
 def test_prompt_rows_and_schedule_are_independent_of_process_count(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(f'{{"prompt": "p{i}", "tag": "t"}}\n' for i in range(10)))
-    rows = load_prompt_rows(path)
+    rows = load_prompts(path)
     assert rows[3] == {"prompt": "p3", "tag": "t", "prompt_id": 3}
     one = PromptSchedule(rows, 42, micro_steps_per_update=2, prompts_per_micro=2)  # 1 process, GA 2
     two = PromptSchedule(rows, 42, micro_steps_per_update=2, prompts_per_micro=2)  # 2 processes, GA 1
@@ -84,10 +85,11 @@ def test_prompt_rows_and_schedule_are_independent_of_process_count(tmp_path):
     assert sorted(seen) == sorted([f"p{i}" for i in range(10)] * 2)  # every prompt, cyclically
     assert micro_seed(42, 1, 0) != micro_seed(42, 0, 1)
     txt = tmp_path / "p.txt"
-    txt.write_text("a cat\n\n{\"prompt\": \"a dog\", \"prompt_id\": 7}\n")
-    assert load_prompt_rows(txt) == [{"prompt": "a cat", "prompt_id": 0}, {"prompt": "a dog", "prompt_id": 7}]
+    txt.write_text("a cat\n\n{\"prompt\": \"a dog\", \"prompt_id\": 7}\na bird\n")  # ids: own, else the index
+    assert load_prompts(txt) == [{"prompt": "a cat", "prompt_id": 0}, {"prompt": "a dog", "prompt_id": 7}, {"prompt": "a bird", "prompt_id": 2}]
+    assert load_prompts(txt, 1) == [{"prompt": "a cat", "prompt_id": 0}]
     with pytest.raises(FileNotFoundError, match="prompts.path"):
-        load_prompt_rows(tmp_path / "missing.txt")
+        load_prompts(tmp_path / "missing.txt", key="prompts.path")
 
 
 def test_balanced_schedule_trains_every_tag_equally_often():

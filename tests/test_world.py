@@ -64,7 +64,7 @@ def test_split_is_disjoint_unique_seeded_and_keeps_every_tag():
 def test_a_validation_split_changes_neither_train_nor_test(tmp_path):
     from collections import Counter
 
-    from drpo.world.cli import main as world_main
+    from drpo.commands.world import main as world_main
 
     plain, with_val = split_prompts(400, 120, seed=0), split_prompts(400, 120, seed=0, n_val=120)
     assert (with_val.train, with_val.test) == (plain.train, plain.test) and plain.val == []

@@ -208,17 +208,41 @@ def read_prompt_source(name: str, path: str | Path) -> list[dict]:
     return rows
 
 
-def load_prompts(path: str | Path) -> list[dict]:
-    """Rows from a prompt file: JSONL (rows with 'prompt'), Parti-style TSV, or text (one per line)."""
+def load_prompts(path: str | Path, max_prompts: int | None = None, *, key: str | None = None) -> list[dict]:
+    """The one prompt loader: rows with at least `prompt` and `prompt_id` from a prompt file.
+
+    A `.tsv` file is Parti's TSV. Otherwise, line by line (blank lines skipped): a line starting
+    with `{` is a JSON row with a `prompt` key and any metadata (GenEval's tag/include/exclude), any
+    other line is a prompt. A row keeps its own `prompt_id`, else gets its 0-based index among the
+    file's prompts. `key` names the config key that gave the path, for the error messages.
+    """
     path = Path(path)
+    where = f" (config key {key})" if key else ""
     if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+        raise FileNotFoundError(f"prompt file {path} does not exist{where}")
     text = read_text(path)
     if path.suffix == ".tsv":
-        return parse_parti_tsv(text, str(path))
-    if path.suffix == ".jsonl" or text.lstrip().startswith("{"):
-        return _json_rows(text, str(path), ("prompt",), "a prompt row")
-    return parse_lines(text, str(path))
+        rows = parse_parti_tsv(text, str(path))
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict) or "prompt" not in row:
+                    raise ValueError(f"{path}:{lineno}: a JSON prompt row needs a 'prompt' key")
+                rows.append({"prompt_id": len(rows), **row})
+            else:
+                rows.append({"prompt_id": len(rows), "prompt": line.strip()})
+    if max_prompts is not None:
+        rows = rows[:max_prompts]
+    if not rows:
+        raise ValueError(f"prompt file {path} holds no prompts{where}")
+    return rows
 
 
 # -- disjointness -------------------------------------------------------------------------------

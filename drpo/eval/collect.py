@@ -16,15 +16,12 @@ the mean over seeds, from the judge summaries.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from drpo.contracts import Layout, ResultRow, read_judge_summary, read_score_summary, write_results
+from drpo.contracts import Layout, ResultRow, read_judge_summary, read_score_summary
 
 CHECKER_REWARDS = {"world_checker", "geneval"}
 
@@ -50,12 +47,12 @@ def _over_seeds(per_seed: list[tuple[float | None, tuple | list | None]]) -> tup
 def _geneval_rows(scores: Path) -> dict[str, tuple[float, tuple[float, float]]]:
     """`geneval:<tag>` and `geneval:overall` (the mean of the tag accuracies) of a checker's per-image
     scores, each with its stratified bootstrap 95 % interval."""
-    from drpo.eval.metrics import geneval_bootstrap, geneval_summary
+    from drpo.eval.metrics import correctness_from_scores, geneval_bootstrap, geneval_summary
 
     df = pd.read_parquet(scores)
     if "tag" not in df.columns:
         return {}
-    frame = pd.DataFrame({"tag": df["tag"], "correct": df["score"] > 0.5})
+    frame = correctness_from_scores(df)
     summary, ci = geneval_summary(frame), geneval_bootstrap(frame)
     out = {f"geneval:{t}": (v["accuracy"], ci[t]) for t, v in summary["tags"].items()}
     out["geneval:overall"] = (summary["overall"], ci["overall"])
@@ -185,33 +182,3 @@ def read_spec(path: str) -> dict:
     if not isinstance(spec, dict) or "tables" not in spec:
         raise ValueError(f"--spec {shown}: a collect spec is a JSON object with results, models, test_sets, metrics, tables")
     return spec
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spec", required=True, help="JSON file: results dir, models, test sets, metrics, tables, judge "
-                                                      "summaries (the workflow writes <results>/collect_spec.json)")
-    parser.add_argument("--out", required=True, help="results CSV to write")
-    parser.add_argument("--mlflow-uri", default=os.environ.get("DRPO_MLFLOW_URI") or None,
-                        help="also log every model's held-out numbers on its MLflow run (default: $DRPO_MLFLOW_URI, "
-                             "which the workflow sets; none: skip)")
-    parser.add_argument("--experiment", default=os.environ.get("DRPO_MLFLOW_EXPERIMENT", "drpo"),
-                        help="MLflow experiment (default: $DRPO_MLFLOW_EXPERIMENT, else drpo)")
-
-
-def main(args: argparse.Namespace) -> int:
-    spec = read_spec(args.spec)
-    rows = collect(spec)
-    if not rows:
-        raise ValueError("collect: no score or judge summaries found for the configured tables")
-    write_results(args.out, rows)
-    print(f"wrote {len(rows)} results rows to {args.out}")
-    if args.mlflow_uri:
-        from drpo.eval.study_log import log_study
-
-        try:
-            placed = log_study(spec, args.mlflow_uri, args.experiment, os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None, args.out)
-            print(f"logged the held-out numbers of {len(placed)} models to MLflow ({args.mlflow_uri}, experiment {args.experiment})")
-        except Exception as err:  # noqa: BLE001 - MLflow being down must not lose the results file
-            print(f"drpo collect: warning: MLflow at {args.mlflow_uri}: {type(err).__name__}: {err}; results.csv is written",
-                  file=sys.stderr)
-    return 0

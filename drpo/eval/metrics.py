@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drpo.contracts import ManifestRow, read_manifest
+from drpo.contracts import ManifestRow, ScoreSummary, is_correct, read_manifest, write_score_summary
 
 # -- display scaling (the one place) ------------------------------------------------------------
 
@@ -380,8 +380,93 @@ def read_geneval_results(path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def correctness_from_scores(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+def correctness_from_scores(df: pd.DataFrame) -> pd.DataFrame:
     """A score frame of a binary GenEval-style reward (1 correct, 0 wrong) as (tag, correct) rows."""
     if "tag" not in df.columns or df["tag"].isna().any():
         raise ValueError("correctness_from_scores: every score row needs a GenEval `tag` (from the manifest's metadata)")
-    return pd.DataFrame({"tag": df["tag"].astype(str), "correct": df["score"].to_numpy() > threshold})
+    return pd.DataFrame({"tag": df["tag"].astype(str), "correct": is_correct(df["score"].to_numpy())})
+
+
+# -- summaries and score plans (`drpo score`) -------------------------------------------------------
+
+
+def manifest_provenance(manifest: str) -> dict:
+    """What a summary was computed from: the manifest's path and sha256, and the sampler settings beside it."""
+    from drpo.io import sha256_file
+
+    path = Path(manifest)
+    out = {"manifest": str(path.resolve()), "manifest_sha256": sha256_file(path)}
+    stamp = path.parent / "sampler.json"
+    if stamp.exists():
+        out["sampler"] = json.loads(stamp.read_text())
+    return out
+
+
+def reward_summary(manifest: str, reward, spec: dict, out: str | Path, metric: str, *, batch_size: int = 32,
+                   bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> ScoreSummary:
+    """Score a manifest with a reward (per-image scores in `out`, resumable) and summarise it."""
+    out = Path(out)
+    df = score_manifest(manifest, reward, out, batch_size, metric=metric, progress=progress)
+    summary = {"kind": "reward", "reward": spec, "scores": str(out.resolve()), **manifest_provenance(manifest),
+               **summarize_scores(df, n_boot=bootstrap, seed=seed)}
+    if df["tag"].notna().all() and set(df["score"].unique()) <= {0.0, 1.0}:
+        summary["geneval"] = geneval_summary(correctness_from_scores(df))
+    return ScoreSummary.from_json(summary)
+
+
+def comparison_summary(kind: str, manifest: str, reference: str, extractor, *, batch_size: int = 32, cache: bool = True) -> ScoreSummary:
+    """FID (`kind` fid) or the paired feature distance (`distance`) of a manifest against a reference's."""
+    if kind == "fid":
+        from drpo.eval.fid import fid_between
+
+        value = fid_between(manifest, reference, extractor, batch_size=batch_size, cache=cache)
+        return ScoreSummary.from_json({"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
+                                       "reference": manifest_provenance(reference), **manifest_provenance(manifest)})
+    from drpo.eval.fid import paired_distance
+
+    d = paired_distance(manifest, reference, extractor, batch_size=batch_size, cache=cache)
+    return ScoreSummary.from_json({"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
+                                   "reference": manifest_provenance(reference), **manifest_provenance(manifest)})
+
+
+def run_plan(path: str, *, device: str = "cpu", batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
+             progress: bool = True, cache: bool = True, echo: Callable[[str], None] | None = None) -> list[str]:
+    """Every task of a score plan (`drpo.workflow.score_plan`): each metric on each test set and each
+    reference comparison of one model; each reward (by metric) and extractor is built once. Returns the
+    summaries written; `echo` gets one line per summary (`drpo score --plan` prints them)."""
+    from drpo.rewards import build_reward
+
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--plan {path}: no such file (the workflow writes <results>/scores/_plans/<model>.json)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--plan {path}: not JSON ({err})") from None
+    rewards: dict[str, object] = {}
+    extractors: dict[str, object] = {}
+    written = []
+    try:
+        for task in plan["tasks"]:
+            if "comparison" in task:
+                from drpo.eval.fid import build_extractor
+
+                key = json.dumps([task["extractor"], task["extractor_options"]], sort_keys=True)
+                if key not in extractors:
+                    extractors[key] = build_extractor(task["extractor"], device=device, **task["extractor_options"])
+                summary = comparison_summary(task["comparison"], task["manifest"], task["reference"], extractors[key],
+                                             batch_size=batch_size, cache=cache)
+            else:
+                if task["metric"] not in rewards:
+                    rewards[task["metric"]] = build_reward(task["reward"], device=device)
+                summary = reward_summary(task["manifest"], rewards[task["metric"]], task["reward"], task["scores"],
+                                         task["metric"], batch_size=batch_size, bootstrap=bootstrap, seed=seed,
+                                         progress=progress)
+            written.append(str(write_score_summary(task["summary"], summary)))
+            if echo is not None:
+                echo(f"{task['test_set']}: {task['metric']} = {summary.mean:.4g}  ({task['summary']})")
+    finally:
+        for reward in rewards.values():  # worker rewards hold a process
+            close = getattr(reward, "close", None)
+            if close is not None:
+                close()
+    return written

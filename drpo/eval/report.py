@@ -3,16 +3,14 @@ grid per model and test set (the same prompts and seeds in every grid, so rows c
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from drpo.contracts import Layout, ManifestRow, read_manifest
+from drpo.contracts import Layout, ManifestRow, is_correct, read_manifest
 from drpo.io import write_text
 
 # fits a 1200 px window: wide tables scroll inside their own box, images never exceed the column
@@ -105,7 +103,7 @@ def _marks(spec: dict | None, test_set: str, model: str, rows: list[ManifestRow]
         path = Path(Layout(spec["results"]).score_values(test_set, model, metric))
         if mspec.get("name") in CHECKER_REWARDS and path.exists():
             scores = pd.read_parquet(path, columns=["prompt_id", "seed", "score"])
-            verdict = {(int(p), int(s)): bool(v > 0.5) for p, s, v in scores.itertuples(index=False)}
+            verdict = {(int(p), int(s)): bool(is_correct(v)) for p, s, v in scores.itertuples(index=False)}
             return [verdict.get(r.key) for r in rows]
     return [None] * len(rows)
 
@@ -175,36 +173,3 @@ def build_report(tables: str | Path, out: str | Path, samples: str | Path | None
                                 Path(grids) / test_set / f"{model}.png" if grids else None)
             parts.append(f"<h3>{html.escape(label)}</h3>{_img(data, label)}")
     return write_text(out, "\n".join(parts) + "\n")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tables", required=True, help="folder written by `drpo tables`")
-    parser.add_argument("--samples", default=None, help="samples folder (<test set>/<model>/manifest.jsonl)")
-    parser.add_argument("--out", required=True, help="HTML file to write")
-    parser.add_argument("--n", type=int, default=8, help="images per sample grid")
-    parser.add_argument("--title", default="drpo study")
-    parser.add_argument("--spec", default=None, help="the collect spec (<results>/collect_spec.json): model labels, and "
-                                                   "the checker metrics whose verdicts mark the sample grids")
-    parser.add_argument("--grids", default=None, help="also write each sample grid to GRIDS/<test set>/<model>.png")
-    parser.add_argument("--mlflow-run", default=os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None,
-                        help="also attach the report and the tables to this MLflow run (default: the workflow's "
-                             "parent run, $DRPO_MLFLOW_PARENT_RUN_ID)")
-    parser.add_argument("--mlflow-uri", default=os.environ.get("DRPO_MLFLOW_URI") or None,
-                        help="the MLflow store of --mlflow-run (default: $DRPO_MLFLOW_URI)")
-
-
-def main(args: argparse.Namespace) -> int:
-    spec = None
-    if args.spec:
-        from drpo.eval.collect import read_spec
-
-        spec = read_spec(args.spec)
-    path = build_report(args.tables, args.out, args.samples, args.n, args.title, spec, args.grids)
-    print(f"wrote {path}")
-    if args.mlflow_run and args.mlflow_uri:
-        from drpo.tracking import open_run
-
-        tracker = open_run(args.mlflow_uri, "", existing_run_id=args.mlflow_run)  # warns and goes on if MLflow is down
-        tracker.log_artifact(path)
-        tracker.log_artifact(args.tables, "tables")
-    return 0

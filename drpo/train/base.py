@@ -72,14 +72,17 @@ class Method:
 
         Called once per prompt so that ensembles z-score within that prompt's candidates (§3).
         """
-        with self.timer("decoding"):
-            images = self.gen.to_uint8(self.gen.decode(latents.detach()))
-        scores = []
-        with self.timer("reward"):
-            for b, row in enumerate(batch):
-                meta = {key: v for key, v in row.items() if key != "prompt"}
-                scores.append(self.models.reward(images[b * k : (b + 1) * k], [row["prompt"]] * k, [meta] * k))
-        return torch.stack([torch.as_tensor(s, dtype=torch.float32) for s in scores]).to(latents.device)  # (B, k)
+        # the scores only rank: inference mode skips autograd's bookkeeping in the decoder and the reward
+        with torch.inference_mode():
+            with self.timer("decoding"):
+                images = self.gen.to_uint8(self.gen.decode(latents.detach()))
+            scores = []
+            with self.timer("reward"):
+                for b, row in enumerate(batch):
+                    meta = {key: v for key, v in row.items() if key != "prompt"}
+                    scores.append(self.models.reward(images[b * k : (b + 1) * k], [row["prompt"]] * k, [meta] * k))
+            scores = torch.stack([torch.as_tensor(s, dtype=torch.float32) for s in scores])  # (B, k)
+        return scores.clone().to(latents.device)  # a normal tensor again, usable anywhere
 
     def features(self, latents: Tensor, embeds, k: int, *, grad: bool) -> dict[str, Tensor]:
         """Features (B·k, T, D) of latents: pixel maps decode first (with grad for generated)."""

@@ -7,44 +7,9 @@ reproduced exactly across process counts (2 processes × GA 1 = 1 process × GA 
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import torch
-
-from drpo.io import read_text
-
-
-def load_prompt_rows(path: str | Path, max_prompts: int | None = None) -> list[dict]:
-    """Rows with at least `prompt` and `prompt_id` (0-based line index unless given).
-
-    JSONL lines carry metadata (e.g. GenEval's tag/include/exclude); plain-text lines are prompts;
-    in a .txt file a line starting with `{` is parsed as JSON (METHOD.md §5.1).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist (config key prompts.path)")
-    rows = []
-    for i, line in enumerate(read_text(path).splitlines()):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from None
-            if "prompt" not in row:
-                raise ValueError(f"{path}:{i + 1}: a JSON prompt row needs a 'prompt' key")
-        else:
-            row = {"prompt": line.strip()}
-        row.setdefault("prompt_id", i)
-        rows.append(row)
-        if max_prompts is not None and len(rows) >= max_prompts:
-            break
-    if not rows:
-        raise ValueError(f"prompt file {path} holds no prompts")
-    return rows
 
 
 class PromptSchedule:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from drpo.contracts import is_correct
 from drpo.drift import mean_distance, preference_drift, reference_drift
 from drpo.train.base import Method, reward_stats
 
@@ -157,8 +158,8 @@ class DrPO(Method):
                 s = self.rewards(self.generate(noise, e_k, grad=False), [row], k)[0]
                 all_scores.append(s)
                 tried += k
-                passing += [noise[i] for i in range(k) if s[i] > 0.5]
-                failing += [noise[i] for i in range(k) if s[i] <= 0.5]
+                passing += [noise[i] for i in range(k) if is_correct(s[i])]
+                failing += [noise[i] for i in range(k) if not is_correct(s[i])]
                 if len(passing) >= d.positives and len(failing) >= d.negatives:
                     break
             if len(passing) < d.positives or len(failing) < d.negatives:

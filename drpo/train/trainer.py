@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from drpo.config import config_hash, to_dict
+from drpo.data.prompts import load_prompts
 from drpo.devices import resolve_device
 from drpo.errors import UserError, corrupt_file
 from drpo.io import atomic_path, write_json
 from drpo.models.seeds import latent_seed
 from drpo.train.base import Method, Models
 from drpo.train.config import TrainConfig
-from drpo.train.data import PromptSchedule, load_prompt_rows, micro_seed, torch_generator
+from drpo.train.data import PromptSchedule, micro_seed, torch_generator
 from drpo.train.registry import method_spec
 from drpo.train.timing import ComponentTimer
 
@@ -189,7 +190,7 @@ class Trainer:
         if method_spec(cfg.method).dataset:  # its prompts are its pairs'
             rows = self.method.pairs.prompt_rows()
         else:
-            rows = load_prompt_rows(cfg.prompts.path, cfg.prompts.max_prompts)
+            rows = load_prompts(cfg.prompts.path, cfg.prompts.max_prompts, key="prompts.path")
         self.schedule = PromptSchedule(rows, cfg.prompts.shuffle_seed, cfg.grad_accum * self.world, cfg.prompts_per_micro_step,
                                        balance=cfg.prompts.balance)
         self.prompt_rows = rows

@@ -83,12 +83,12 @@ class _TagBalanced:
 
 def train_base(prompts_path: str | Path, out: str | Path, recipe: BaseRecipe = BaseRecipe(),
                log: Callable[[str], None] = log.info) -> Path:
+    from drpo.data.prompts import load_prompts
     from drpo.models.generators import OneStepGenerator
     from drpo.models.tiny import build_tiny_sd_turbo
-    from drpo.train.data import load_prompt_rows
 
     out = Path(out)
-    rows = load_prompt_rows(prompts_path)
+    rows = load_prompts(prompts_path)
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     work = out.with_name(f".{out.name}.tmp")

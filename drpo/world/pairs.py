@@ -18,9 +18,9 @@ from drpo.world.render import render
 
 
 def build_world_pairs(prompts_path: str | Path, out: str | Path, *, n: int = 200, resolution: int = 32, seed: int = 0) -> Path:
-    from drpo.train.data import load_prompt_rows
+    from drpo.data.prompts import load_prompts
 
-    rows = load_prompt_rows(prompts_path)
+    rows = load_prompts(prompts_path)
     by_tag: dict[str, list[dict]] = {}
     for r in rows:
         by_tag.setdefault(r["tag"], []).append(r)

@@ -42,10 +42,10 @@ def _features(out) -> torch.Tensor:
 def train_reward_model(prompts_path: str | Path, out: str | Path, *, steps: int = 300, batch: int = 64, resolution: int = 32,
                        seed: int = 0, lr: float = 1e-3,
                        log: Callable[[str], None] = log.info) -> Path:
+    from drpo.data.prompts import load_prompts
     from drpo.models.tiny import build_tiny_clip
-    from drpo.train.data import load_prompt_rows
 
-    rows = load_prompt_rows(prompts_path)
+    rows = load_prompts(prompts_path)
     by_tag: dict[str, list[dict]] = {}
     for r in rows:
         by_tag.setdefault(r["tag"], []).append(r)

@@ -9,7 +9,8 @@
     drpo score --plan results/scores/_plans/drpo-s42.json                # every metric of one model (the workflow)
 
 A plan (`drpo.workflow.score_plan`, written by the workflow) lists one model's tasks: each metric on
-each of its test sets and each reference comparison; every reward and extractor is loaded once.
+each of its test sets and each reference comparison; every reward and extractor is loaded once
+(`drpo.eval.metrics.run_plan`).
 
 Reward scores are resumable (see `drpo.eval.metrics.score_manifest`); summaries hold raw values,
 the bootstrap CI, the display-unit values and what was scored (manifest sha256, sampler settings).
@@ -63,87 +64,6 @@ def _json_arg(text: str, flag: str) -> dict:
     return value
 
 
-def _provenance(manifest: str) -> dict:
-    from drpo.io import sha256_file
-
-    path = Path(manifest)
-    out = {"manifest": str(path.resolve()), "manifest_sha256": sha256_file(path)}
-    stamp = path.parent / "sampler.json"
-    if stamp.exists():
-        out["sampler"] = json.loads(stamp.read_text())
-    return out
-
-
-def reward_summary(manifest: str, reward, spec: dict, out: str | Path, metric: str, *, batch_size: int = 32,
-                   bootstrap: int = 1000, seed: int = 0, progress: bool = True) -> ScoreSummary:
-    """Score a manifest with a reward (per-image scores in `out`, resumable) and summarise it."""
-    from drpo.eval import metrics as M
-
-    out = Path(out)
-    df = M.score_manifest(manifest, reward, out, batch_size, metric=metric, progress=progress)
-    summary = {"kind": "reward", "reward": spec, "scores": str(out.resolve()), **_provenance(manifest),
-               **M.summarize_scores(df, n_boot=bootstrap, seed=seed)}
-    if df["tag"].notna().all() and set(df["score"].unique()) <= {0.0, 1.0}:
-        summary["geneval"] = M.geneval_summary(M.correctness_from_scores(df))
-    return ScoreSummary.from_json(summary)
-
-
-def comparison_summary(kind: str, manifest: str, reference: str, extractor, *, batch_size: int = 32, cache: bool = True) -> ScoreSummary:
-    """FID (`kind` fid) or the paired feature distance (`distance`) of a manifest against a reference's."""
-    if kind == "fid":
-        from drpo.eval.fid import fid_between
-
-        value = fid_between(manifest, reference, extractor, batch_size=batch_size, cache=cache)
-        return ScoreSummary.from_json({"kind": "fid", "metric": "fid", "fid": value, "mean": value, "extractor": extractor.name,
-                                       "reference": _provenance(reference), **_provenance(manifest)})
-    from drpo.eval.fid import paired_distance
-
-    d = paired_distance(manifest, reference, extractor, batch_size=batch_size, cache=cache)
-    return ScoreSummary.from_json({"kind": "distance", "metric": "distance", "mean": d["l2"], **d, "extractor": extractor.name,
-                                   "reference": _provenance(reference), **_provenance(manifest)})
-
-
-def run_plan(path: str, *, device: str = "cpu", batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
-             progress: bool = True, cache: bool = True) -> list[str]:
-    """Every task of a score plan; each reward (by metric) and extractor is built once. Returns the
-    summaries written."""
-    from drpo.rewards import build_reward
-
-    try:
-        plan = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--plan {path}: no such file (the workflow writes <results>/scores/_plans/<model>.json)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--plan {path}: not JSON ({err})") from None
-    rewards: dict[str, object] = {}
-    extractors: dict[str, object] = {}
-    written = []
-    try:
-        for task in plan["tasks"]:
-            if "comparison" in task:
-                from drpo.eval.fid import build_extractor
-
-                key = json.dumps([task["extractor"], task["extractor_options"]], sort_keys=True)
-                if key not in extractors:
-                    extractors[key] = build_extractor(task["extractor"], device=device, **task["extractor_options"])
-                summary = comparison_summary(task["comparison"], task["manifest"], task["reference"], extractors[key],
-                                             batch_size=batch_size, cache=cache)
-            else:
-                if task["metric"] not in rewards:
-                    rewards[task["metric"]] = build_reward(task["reward"], device=device)
-                summary = reward_summary(task["manifest"], rewards[task["metric"]], task["reward"], task["scores"],
-                                         task["metric"], batch_size=batch_size, bootstrap=bootstrap, seed=seed,
-                                         progress=progress)
-            written.append(str(write_score_summary(task["summary"], summary)))
-            print(f"{task['test_set']}: {task['metric']} = {summary.mean:.4g}  ({task['summary']})")
-    finally:
-        for reward in rewards.values():  # worker rewards hold a process
-            close = getattr(reward, "close", None)
-            if close is not None:
-                close()
-    return written
-
-
 def main(args: argparse.Namespace) -> int:
     from drpo.eval import metrics as M
     from drpo.io import write_json
@@ -154,8 +74,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
     if args.plan:
-        written = run_plan(args.plan, device=device, batch_size=args.batch_size, bootstrap=args.bootstrap, seed=args.seed,
-                           progress=not args.no_progress, cache=not args.no_cache)
+        written = M.run_plan(args.plan, device=device, batch_size=args.batch_size, bootstrap=args.bootstrap, seed=args.seed,
+                             progress=not args.no_progress, cache=not args.no_cache, echo=print)
         if args.done:
             write_json(args.done, {"plan": str(Path(args.plan).resolve()), "summaries": written})
         print(f"wrote {len(written)} summaries")
@@ -172,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.manifest).parent / "scores.parquet"
         scores = M.score_manifest(args.manifest, build_reward({"name": "world_checker"}, device=device), out, args.batch_size,
                                   metric="world_checker", progress=not args.no_progress)
-        summary = ScoreSummary.from_json({"kind": "geneval", **_provenance(args.manifest),
+        summary = ScoreSummary.from_json({"kind": "geneval", **M.manifest_provenance(args.manifest),
                                           **M.geneval_summary(M.correctness_from_scores(scores))})
     elif args.fid_ref or args.diversity or args.distance_ref:
         from drpo.eval.fid import build_extractor
@@ -180,14 +100,14 @@ def main(args: argparse.Namespace) -> int:
         extractor = build_extractor(args.extractor, device=device, **_json_arg(args.extractor_options, "--extractor-options"))
         if args.fid_ref or args.distance_ref:
             kind, reference = ("fid", args.fid_ref) if args.fid_ref else ("distance", args.distance_ref)
-            summary = comparison_summary(kind, args.manifest, reference, extractor, batch_size=args.batch_size,
-                                         cache=not args.no_cache)
+            summary = M.comparison_summary(kind, args.manifest, reference, extractor, batch_size=args.batch_size,
+                                           cache=not args.no_cache)
         else:
             from drpo.eval.diversity import manifest_diversity
 
             d = manifest_diversity(args.manifest, extractor, batch_size=args.batch_size, cache=not args.no_cache)
             summary = ScoreSummary.from_json({"kind": "diversity", "metric": "diversity", "mean": d["overall"], **d,
-                                              **_provenance(args.manifest)})
+                                              **M.manifest_provenance(args.manifest)})
     elif args.reward:
         from drpo.rewards import build_reward
 
@@ -195,8 +115,8 @@ def main(args: argparse.Namespace) -> int:
         reward = build_reward(spec, device=device)
         out = Path(args.out) if args.out else Path(args.manifest).parent / "scores.parquet"
         try:
-            summary = reward_summary(args.manifest, reward, spec, out, args.metric or args.reward, batch_size=args.batch_size,
-                                     bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
+            summary = M.reward_summary(args.manifest, reward, spec, out, args.metric or args.reward, batch_size=args.batch_size,
+                                       bootstrap=args.bootstrap, seed=args.seed, progress=not args.no_progress)
         finally:
             close = getattr(reward, "close", None)
             if close is not None:
