@@ -63,3 +63,12 @@ def test_every_step_reads_and_writes_the_records_through_the_contracts():
             if hits:
                 found[f"{p.relative_to(PACKAGE)} ({record})"] = hits
     assert found == {}
+
+
+def test_the_judge_modules_import_one_way():
+    """contracts <- eval.judge (pairs, order, summary) <- eval.judge_backends (Qwen3-VL, OpenAI) and
+    world.judge: no module imports back up the chain, lazily or not."""
+    judge, backends = _imports(PACKAGE / "eval" / "judge.py"), _imports(PACKAGE / "eval" / "judge_backends.py")
+    assert "drpo.eval.judge_backends" not in judge and "drpo.world.judge" not in judge
+    assert "drpo.world.judge" not in backends
+    assert "drpo.eval.judge" not in _imports(PACKAGE / "world" / "judge.py")

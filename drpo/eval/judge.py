@@ -559,12 +559,3 @@ def summarize(judgements: Iterable[dict], n_boot: int = 1000, seed: int = 0) -> 
             if arr.size:
                 summary[name] = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))]
     return JudgeSummary.from_json(summary)
-
-
-def __getattr__(name: str) -> Any:
-    """The backends live in judge_backends (heavy imports stay lazy); re-exported here."""
-    if name in ("QwenVLJudge", "OpenAIChatJudge", "build_judge", "build_tiny_qwen3vl"):
-        from drpo.eval import judge_backends
-
-        return getattr(judge_backends, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,9 @@ from typing import Any
 
 from PIL import Image
 
+from drpo.contracts import Judgement
 from drpo.devices import resolve_device
-from drpo.eval.judge import Judgement, build_messages, judge_instructions, parse_judgement
+from drpo.eval.judge import build_messages, judge_instructions, parse_judgement
 from drpo.hub import resolve_model
 
 DEFAULT_QWEN = "Qwen/Qwen3-VL-8B-Instruct"
