@@ -4,23 +4,23 @@
     prompts ─► train ─► sample ──► ManifestRow ─► score ──► ScoreSummary ─┐
                            └─────────────────────► judge ──► JudgeSummary ─┴► collect ─► ResultRow ─► tables
 
-Standard library only: the Snakefile, every step and the shapes world import it, and it imports
-none of them. A step that wants more (a DataFrame, an image) converts after reading.
+Standard library only (and `drpo.io`, whose atomic writes are themselves standard library): the
+Snakefile, every step and the shapes world import it, and it imports none of them. A step that wants more (a DataFrame, an image) converts after reading.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from drpo.io import write_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -143,25 +143,7 @@ class Layout:
         return self._p("logs", *parts[:-1], f"{parts[-1]}.log")
 
 
-# -- writing: atomic, so a reader never sees half a file ------------------------------------------
-
-
-def _write_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+# -- reading and writing (every write atomic: drpo.io) ------------------------------------------
 
 
 def _dump(obj: Any) -> str:
@@ -234,7 +216,7 @@ _MANIFEST_KEYS = [f.name for f in fields(ManifestRow) if f.name != "folder"]
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> Path:
-    return _write_atomic(path, "".join(json.dumps(r.to_json(), sort_keys=True, default=str) + "\n" for r in rows))
+    return write_text(path, "".join(json.dumps(r.to_json(), sort_keys=True, default=str) + "\n" for r in rows))
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
@@ -309,7 +291,7 @@ class ScoreSummary:
 
 
 def write_score_summary(path: str | os.PathLike, summary: ScoreSummary) -> Path:
-    return _write_atomic(path, _dump(summary.to_json()))
+    return write_text(path, _dump(summary.to_json()))
 
 
 def read_score_summary(path: str | os.PathLike) -> ScoreSummary | None:
@@ -370,7 +352,7 @@ class JudgeSummary:
 
 
 def write_judge_summary(path: str | os.PathLike, summary: JudgeSummary) -> Path:
-    return _write_atomic(path, _dump(summary.to_json()))
+    return write_text(path, _dump(summary.to_json()))
 
 
 def read_judge_summary(path: str | os.PathLike) -> JudgeSummary | None:
@@ -419,7 +401,7 @@ def write_results(path: str | os.PathLike, rows: Iterable[ResultRow]) -> Path:
     for r in rows:
         writer.writerow(["" if v is None else repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
                          for v in (getattr(r, c) for c in RESULT_COLUMNS)])
-    return _write_atomic(path, buf.getvalue())
+    return write_text(path, buf.getvalue())
 
 
 def read_results(path: str | os.PathLike) -> list[ResultRow]:
