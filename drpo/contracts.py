@@ -48,7 +48,10 @@ class Layout:
     def dataset_pairs(self, name: str) -> str:
         return self._p("datasets", name, "pairs.jsonl")
 
-    # the shapes world
+    # models the workflow builds: the tiny twins (config/test/), the shapes world
+    def twins(self) -> str:
+        return self._p("twins")
+
     def world_base(self) -> str:
         return self._p("world", "base")
 

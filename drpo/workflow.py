@@ -174,12 +174,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yam
 
 def snakemake_config(config: dict, default: str | Path = DEFAULT_CONFIG) -> dict:
     """The validated config of a Snakemake invocation. Without a `configfile:` directive Snakemake's
-    `config` holds only the --configfile files and the --config values: when it holds none of the
-    schema's required top-level keys (no config file was given), the embedded default with the
-    --config values on top; else `config` itself."""
+    `config` holds only the --configfile files and the --config values. When it holds every one of
+    the schema's required top-level keys (a whole study), it is the config; otherwise (no file, or
+    files and values that change some keys) they go on top of the embedded default."""
     required = yaml.safe_load(SCHEMA.read_text())["required"]
     config = copy.deepcopy(dict(config))
-    if any(key in config for key in required):
+    if all(key in config for key in required):
         return validate_config(config, source="--configfile")
     return validate_config(deep_merge(load_yaml(default), config), source=str(default))
 
@@ -541,7 +541,7 @@ def built_input(config: dict, path: str) -> str | None:
     results = results_dir(config).rstrip("/") + "/"
     if not isinstance(path, str) or not path.startswith(results):
         return None
-    twins = f"{results}twins/"
+    twins = layout(config).twins().rstrip("/") + "/"
     if path.startswith(twins):
         from drpo.models.twins import MANIFEST
 

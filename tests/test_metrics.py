@@ -390,8 +390,10 @@ def test_drpo_score_cli_reward_and_diversity(tmp_path, capsys):
     s = json.loads((tmp_path / "sum.json").read_text())
     expected = np.mean([pattern(p, sd).mean() / 255 for sd in (42, 43) for p in range(3)])
     assert s["n"] == 6 and s["mean"] == pytest.approx(expected, rel=1e-6) and s["metric"] == "brightness"
-    out = capsys.readouterr().out.strip().splitlines()  # a short summary, the JSON is in --summary
-    assert out[-1].startswith(f"brightness: {s['mean']:.4g} (95% CI ") and out[-1].endswith("n = 6") and len(out) == 2
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()  # the one-line summary; the JSON is in --summary
+    assert out[-1].startswith(f"brightness: {s['mean']:.4g} (95% CI ") and out[-1].endswith("n = 6") and len(out) == 1
+    assert f"drpo: wrote {tmp_path / 'sum.json'}" in captured.err
     assert s["ci_low"] <= s["mean"] <= s["ci_high"] and len(s["manifest_sha256"]) == 64
     rc = main(["score", "--manifest", str(manifest), "--diversity", "--extractor", "random_conv",
                "--extractor-options", '{"dim": 8, "size": 16}', "--summary", str(tmp_path / "div.json")])

@@ -88,6 +88,10 @@ def test_prompt_rows_and_schedule_are_independent_of_process_count(tmp_path):
     txt.write_text("a cat\n\n{\"prompt\": \"a dog\", \"prompt_id\": 7}\na bird\n")  # ids: own, else the index
     assert load_prompts(txt) == [{"prompt": "a cat", "prompt_id": 0}, {"prompt": "a dog", "prompt_id": 7}, {"prompt": "a bird", "prompt_id": 2}]
     assert load_prompts(txt, 1) == [{"prompt": "a cat", "prompt_id": 0}]
+    jsonl = tmp_path / "p2.jsonl"
+    jsonl.write_text('{"prompt": "a cat"}\na dog\n')
+    with pytest.raises(ValueError, match=r"p2\.jsonl:2: not a JSON row"):
+        load_prompts(jsonl)
     with pytest.raises(FileNotFoundError, match="prompts.path"):
         load_prompts(tmp_path / "missing.txt", key="prompts.path")
 

@@ -189,6 +189,11 @@ def test_results_placeholder_is_the_only_one():
     moved = wf.snakemake_config({"results": "/elsewhere", "threads": 2})  # --config values on top of it
     assert moved["threads"] == 2 and moved["models"]["shapes-turbo"]["path"] == "/elsewhere/world/base"
     assert moved["tracking"]["uri"] == "sqlite:////elsewhere/mlflow.db"
+    # a --config key that is also one of a study's required keys still goes on top of the default
+    mine = wf.snakemake_config({"experiment": "mine"})
+    assert mine["experiment"] == "mine" and mine["world"] == wf.load_config(DEFAULT)["world"]
+    # a whole study (every required key) replaces it: the paper config has no world
+    assert "world" not in wf.snakemake_config(yaml.safe_load((PAPER / "sd-turbo.yaml").read_text()))
     # a literal path stays as written (the paper configs' store is beside, not under, their results)
     paper = wf.validate_config({**yaml.safe_load((PAPER / "sd-turbo.yaml").read_text()), "results": "/elsewhere"})
     assert paper["tracking"]["uri"] == "sqlite:///results/mlflow.db"
@@ -198,6 +203,14 @@ def test_results_placeholder_is_the_only_one():
         wf.validate_config(bad)
     with pytest.raises(ConfigError, match=r"results: unknown placeholder \{results\}"):
         wf.validate_config({**raw, "results": "{results}/x"})
+
+
+def test_drpo_twins_reads_a_config_with_its_results_paths_resolved():
+    from drpo.models.twins import config_twins
+
+    config, names = config_twins(ROOT / "config" / "test" / "sd-turbo.yaml")
+    assert {"sd-turbo", "pickscore", "clip", "geneval", "latent-mae", "inception"} <= set(names)
+    assert config["models"]["sd-turbo"]["path"] == f"{config['results']}/twins/sd-turbo"
 
 
 def test_a_world_configfile_moves_with_results(tmp_path):

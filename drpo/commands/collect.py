@@ -4,11 +4,13 @@ one tidy results file (drpo.eval.collect), and every model's held-out numbers lo
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 
 from drpo.contracts import write_results
 from drpo.eval.collect import collect, read_spec
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,14 +30,13 @@ def main(args: argparse.Namespace) -> int:
     if not rows:
         raise ValueError("collect: no score or judge summaries found for the configured tables")
     write_results(args.out, rows)
-    print(f"wrote {len(rows)} results rows to {args.out}")
+    log.info("wrote %d results rows to %s", len(rows), args.out)
     if args.mlflow_uri:
         from drpo.eval.study_log import log_study
 
         try:
             placed = log_study(spec, args.mlflow_uri, args.experiment, os.environ.get("DRPO_MLFLOW_PARENT_RUN_ID") or None, args.out)
-            print(f"logged the held-out numbers of {len(placed)} models to MLflow ({args.mlflow_uri}, experiment {args.experiment})")
+            log.info("logged the held-out numbers of %d models to MLflow (%s, experiment %s)", len(placed), args.mlflow_uri, args.experiment)
         except Exception as err:  # noqa: BLE001 - MLflow being down must not lose the results file
-            print(f"drpo collect: warning: MLflow at {args.mlflow_uri}: {type(err).__name__}: {err}; results.csv is written",
-                  file=sys.stderr)
+            log.warning("MLflow at %s: %s: %s; results.csv is written", args.mlflow_uri, type(err).__name__, err)
     return 0

@@ -4,9 +4,12 @@ workflow's MLflow run when there is one."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from drpo.eval.report import build_report
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
 
         spec = read_spec(args.spec)
     path = build_report(args.tables, args.out, args.samples, args.n, args.title, spec, args.grids)
-    print(f"wrote {path}")
+    log.info("wrote %s", path)
     if args.mlflow_run and args.mlflow_uri:
         from drpo.tracking import open_run
 

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from drpo.devices import resolve_device
 from drpo.eval.sample import SamplerSettings, fingerprint, merge_shards, sample
 from drpo.shards import shard_arg
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
                          + ("" if args.merge else " (or --merge --out DIR to merge shard manifests)"))
     if args.merge:
         for out in args.out:
-            print(f"wrote {merge_shards(out)}")
+            log.info("wrote %s", merge_shards(out))
         return 0
     if len(args.prompts) != len(args.out):
         raise ValueError(f"drpo sample: {len(args.prompts)} --prompts files but {len(args.out)} --out folders; give one --out per prompt file")
@@ -66,5 +69,5 @@ def main(args: argparse.Namespace) -> int:
     for prompts, out in zip(args.prompts, args.out):
         path = sample(prompts, out, settings, seeds, batch_size=args.batch_size, shard=args.shard, device=device,
                       progress=not args.no_progress, loaded=loaded)
-        print(f"wrote {path}")
+        log.info("wrote %s", path)
     return 0

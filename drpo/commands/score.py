@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from drpo.contracts import ScoreSummary, write_score_summary
 from drpo.devices import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
                              progress=not args.no_progress, cache=not args.no_cache, echo=print)
         if args.done:
             write_json(args.done, {"plan": str(Path(args.plan).resolve()), "summaries": written})
-        print(f"wrote {len(written)} summaries")
+        log.info("wrote %d summaries", len(written))
         return 0
     if not (args.geneval_results or args.manifest):
         raise ValueError("--manifest is required (or --geneval-results, or --plan)")
@@ -126,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.summary:
         write_score_summary(args.summary, summary)
-        print(f"wrote {args.summary}")
+        log.info("wrote %s", args.summary)
     print(summary_line(summary))
     if not args.summary:  # nowhere else to find it
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True, default=str))

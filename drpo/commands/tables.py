@@ -13,7 +13,10 @@ qwen3vl_preference). Any other table is drawn by the generic builder, without pa
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the results' tables named like the paper's (sd_turbo_main, ..., qwen3vl_preference) are those "
                              "tables, drawn beside the paper's numbers")
     parser.add_argument("--judge", nargs="*", default=[], metavar="OPPONENT:TEST_SET=SUMMARY",
-                        help="judge summary JSONs (preference_share, ci; DrPO = the left method) added to the preference "
+                        help="judge summaries written by `drpo judge --summary` (DrPO = the left method) added to the preference "
                              "table (the one table of builder preference); OPPONENT:TEST_SET= may be left out when the file names them")
     parser.add_argument("--curves", nargs="*", default=[], metavar="LABEL=METRICS", help="training curves: run label = metrics.jsonl/csv")
     parser.add_argument("--curve-metric", default="pickscore", help="metric of the curves (sets the display scale)")
@@ -101,5 +104,5 @@ def main(args: argparse.Namespace) -> int:
                         curve_key=args.curve_key, curves_paper=args.curves_paper, include_empty=bool(args.spec) or args.all)
     for name, paths in written.items():
         print(f"{name}: " + ", ".join(str(p) for p in paths.values()))
-    print(f"wrote {Path(args.out) / 'index.md'}")
+    log.info("wrote %s", Path(args.out) / "index.md")
     return 0

@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from drpo.models.twins import TWINS, build, check_built, referenced, twins_dir
+from drpo.models.twins import TWINS, build, check_built, config_twins, twins_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     names, seed, config = list(args.names), args.seed, None
     if args.config:
-        from drpo.config import load_yaml
-
-        config = load_yaml(args.config)
-        names += [n for n in referenced(config) if n not in names]  # what the config names under <results>/twins
+        config, named = config_twins(args.config)
+        names += [n for n in named if n not in names]  # what the config names under <results>/twins
         if seed is None:
             seed = int((config.get("twins") or {}).get("seed", 0))
     if not args.out and not config:

@@ -213,7 +213,7 @@ def load_prompts(path: str | Path, max_prompts: int | None = None, *, key: str |
 
     A `.tsv` file is Parti's TSV. Otherwise, line by line (blank lines skipped): a line starting
     with `{` is a JSON row with a `prompt` key and any metadata (GenEval's tag/include/exclude), any
-    other line is a prompt. A row keeps its own `prompt_id`, else gets its 0-based index among the
+    other line is a prompt (in a `.jsonl` file, an error). A row keeps its own `prompt_id`, else gets its 0-based index among the
     file's prompts. `key` names the config key that gave the path, for the error messages.
     """
     path = Path(path)
@@ -236,6 +236,8 @@ def load_prompts(path: str | Path, max_prompts: int | None = None, *, key: str |
                 if not isinstance(row, dict) or "prompt" not in row:
                     raise ValueError(f"{path}:{lineno}: a JSON prompt row needs a 'prompt' key")
                 rows.append({"prompt_id": len(rows), **row})
+            elif path.suffix == ".jsonl":
+                raise ValueError(f"{path}:{lineno}: not a JSON row; a .jsonl prompt file holds one JSON object per line")
             else:
                 rows.append({"prompt_id": len(rows), "prompt": line.strip()})
     if max_prompts is not None:

@@ -4,13 +4,14 @@ Layout: `<out>/seed_<s>/images/<prompt_id:06d>.png` and `<out>/manifest.jsonl`, 
 (prompt_id, prompt, seed, latent seed = seed·10⁶ + prompt_id, checkpoint, sampler settings, image
 path relative to `<out>`, metadata of the prompt row). Finished images are skipped on a re-run, so
 a killed job resumes; `<out>/sampler.json` records the settings, and a change of settings forces a
-full resample rather than a mix. `--shard i/n` samples every n-th image; `drpo sample merge` then
+full resample rather than a mix. `--shard i/n` samples every n-th image; `drpo sample --merge` then
 writes the manifest of all shards.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 from drpo.contracts import ManifestRow, read_manifest, write_manifest
 from drpo.io import write_json
 from drpo.models.seeds import latent_seed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,7 +97,7 @@ def _reset_if_settings_changed(out: Path, settings: SamplerSettings) -> int | No
     stamp = out / "sampler.json"
     recorded = json.loads(stamp.read_text()) if stamp.exists() else None
     if recorded is not None and recorded.get("settings") != asdict(settings):
-        print(f"sampler settings changed since {out} was sampled: resampling everything")
+        log.warning("sampler settings changed since %s was sampled: resampling everything", out)
         for d in out.glob("seed_*"):
             shutil.rmtree(d, ignore_errors=True)
         for m in out.glob("manifest*.jsonl"):

@@ -387,7 +387,17 @@ def _strings(obj: Any) -> Iterable[str]:
 
 
 def twins_dir(config: dict) -> str:
-    return f"{config.get('results', 'results')}/twins"
+    from drpo.contracts import Layout
+
+    return Layout(config.get("results", "results")).twins()
+
+
+def config_twins(path: str | Path) -> tuple[dict, list[str]]:
+    """The validated config at `path` (its `{results}` paths resolved) and the twins it names."""
+    from drpo.workflow import load_config
+
+    config = load_config(path)
+    return config, list(referenced(config))
 
 
 def referenced(config: dict, root: str | None = None) -> dict[str, list[str]]:
