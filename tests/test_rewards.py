@@ -170,6 +170,31 @@ def test_pickscore_differentiable_path_matches_and_gradients_reach_pixels(pick):
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.98
 
 
+def test_each_distinct_prompt_is_encoded_once_and_the_cache_is_bounded(clip_dir, monkeypatch):
+    fresh = build_reward({"name": "pickscore", "options": {"path": str(clip_dir)}})
+    backbone = fresh.backbone
+    encoded: list[int] = []
+    text = backbone.model.get_text_features
+    monkeypatch.setattr(backbone.model, "get_text_features", lambda **kw: encoded.append(len(kw["input_ids"])) or text(**kw))
+    other = build_reward({"name": "pickscore", "options": {"path": str(clip_dir)}}).backbone
+    reference = torch.cat([other.text_embeds([p]) for p in PROMPTS])  # each prompt on its own
+    # K = 4 candidates of each of 3 prompts in one call: 3 texts encoded, in one batch
+    emb = backbone.text_embeds([p for p in PROMPTS for _ in range(4)])
+    assert encoded == [3] and emb.shape[0] == 12
+    assert torch.allclose(emb, reference.repeat_interleave(4, dim=0), atol=1e-6)
+    # DRaFT's stream, one candidate per call: nothing more to encode
+    for p in PROMPTS * 2:
+        assert torch.allclose(backbone.text_embeds([p])[0], reference[PROMPTS.index(p)], atol=1e-6)
+    assert encoded == [3]
+    # the least recently used prompt goes first once the cache is full
+    monkeypatch.setattr(type(backbone), "TEXT_CACHE", 3)
+    backbone.text_embeds([PROMPTS[0], "a photo of a blue circle"])
+    assert list(backbone._text_cache) == [PROMPTS[2], PROMPTS[0], "a photo of a blue circle"] and encoded == [3, 1]
+    # more distinct prompts in one call than the cache holds still come back whole
+    many = [f"a photo of {w}" for w in ("a", "two", "red", "blue", "circle")]
+    assert backbone.text_embeds(many).shape[0] == 5 and len(backbone._text_cache) == 3
+
+
 def test_clip_score_is_not_differentiable(clip_dir):
     clip = build_reward({"name": "clip", "options": {"path": str(clip_dir)}})
     assert not clip.differentiable and clip(images(), PROMPTS).shape == (3,)

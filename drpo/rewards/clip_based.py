@@ -21,6 +21,7 @@ safetensors or `torch.load(weights_only=True)` — never arbitrary pickles.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -60,6 +61,7 @@ class CLIPBackbone:
         self.std = torch.tensor(ip.image_std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         tok = self.processor.tokenizer
         self.max_length = int(min(tok.model_max_length, self.model.config.text_config.max_position_embeddings))
+        self._text_cache: OrderedDict[str, Tensor] = OrderedDict()
 
     @property
     def logit_scale(self) -> float:
@@ -87,17 +89,29 @@ class CLIPBackbone:
             x = ((x - self.mean) / self.std).to(self.model.dtype)
             return F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
 
+    TEXT_CACHE = 4096  # prompts whose embeddings are kept (4096 × 1024 fp32 = 16 MiB for CLIP-H)
+
     @torch.no_grad()
     def text_embeds(self, prompts: list[str]) -> Tensor:
-        """L2-normalised fp32 text embeddings; text padded/truncated to the model's length (77 for CLIP)."""
-        tok = self.processor.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        with torch.autocast(self.device.type, enabled=False):
-            out = self.model.get_text_features(
-                input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
-            )
-        return F.normalize(_features(out).float(), dim=-1)
+        """L2-normalised fp32 text embeddings; text padded/truncated to the model's length (77 for CLIP).
+
+        The text tower is frozen, so a prompt's embedding is a function of the prompt: each distinct
+        prompt is encoded once and kept (least recently used first out). The K candidates of one
+        prompt, scored together or one by one, then cost one text pass, not K."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if new:
+            tok = self.processor.tokenizer(new, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+            with torch.autocast(self.device.type, enabled=False):
+                out = self.model.get_text_features(
+                    input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+                )
+            self._text_cache.update(zip(new, F.normalize(_features(out).float(), dim=-1)))
+        embeds = torch.stack([self._text_cache[p] for p in prompts])
+        for p in dict.fromkeys(prompts):
+            self._text_cache.move_to_end(p)
+        while len(self._text_cache) > self.TEXT_CACHE:
+            self._text_cache.popitem(last=False)
+        return embeds
 
 
 class PickScore(Reward):
