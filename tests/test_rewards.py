@@ -193,6 +193,12 @@ def test_each_distinct_prompt_is_encoded_once_and_the_cache_is_bounded(clip_dir,
     # more distinct prompts in one call than the cache holds still come back whole
     many = [f"a photo of {w}" for w in ("a", "two", "red", "blue", "circle")]
     assert backbone.text_embeds(many).shape[0] == 5 and len(backbone._text_cache) == 3
+    # embeddings cached while ranking under inference_mode still serve DRaFT's differentiable path
+    with torch.inference_mode():
+        fresh(images(2), [PROMPTS[1]] * 2)
+    x = pixels(images(2, size=32, seed=3))
+    fresh.score_differentiable(x, [PROMPTS[1]] * 2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_clip_score_is_not_differentiable(clip_dir):

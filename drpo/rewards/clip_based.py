@@ -106,6 +106,7 @@ class CLIPBackbone:
                     input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
                 )
             self._text_cache.update(zip(new, F.normalize(_features(out).float(), dim=-1)))
+        # a new tensor, also outside inference_mode, even where the cached rows were made inside it
         embeds = torch.stack([self._text_cache[p] for p in prompts])
         for p in dict.fromkeys(prompts):
             self._text_cache.move_to_end(p)
