@@ -114,3 +114,33 @@ def test_the_cli_trains_when_the_recipe_is_not_the_shipped_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "drpo: the shipped world reward_model does not fit this recipe (prompts_sha256, steps differ): training it" in proc.stderr
     assert "drpo: reward model step 2/2" in proc.stderr and (tmp_path / "rm" / "config.json").exists() and proc.stdout == ""
+
+
+def test_diagnose_finds_no_ranking_signal_where_the_base_never_saw_the_word(tmp_path):
+    """`drpo world diagnose` on the shipped base with the embedded DrPO recipe: the shipped base was
+    trained on prompts without the word "two" (every "two <shapes>" prompt is in the test split), so
+    it draws one object for all of them and the graded checker scores all K candidates alike; colour
+    attribution, which it was trained on, ranks and its best candidates are mostly correct."""
+    import json
+
+    import yaml
+
+    from drpo.cli import main
+    from drpo.io import write_jsonl
+    from drpo.world.grammar import all_rows
+
+    twos = [r for r in all_rows("counting") if r["include"][0]["count"] == 2][:2]
+    write_jsonl(tmp_path / "prompts.jsonl", twos + all_rows("color_attr")[:3])
+    config = {"method": "drpo", "output_dir": str(tmp_path / "run"), "model": {"path": str(shipped.SHIPPED / "base")},
+              "prompts": {"path": str(tmp_path / "prompts.jsonl")}, "reward": "world_checker_graded",
+              "features": {"name": "clip", "options": {"path": str(shipped.SHIPPED / "reward_model")}},
+              "drpo": {"candidates": 8, "positives": 2, "negatives": 2}}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    assert main(["world", "diagnose", "--config", str(tmp_path / "train.yaml"), "--prompts", str(tmp_path / "prompts.jsonl"),
+                 "--by", "number", "--json", str(tmp_path / "signal.json")]) == 0
+    rows = {r["group"]: r for r in json.loads((tmp_path / "signal.json").read_text())}
+    assert set(rows) == {"counting: two", "color_attr"} and rows["counting: two"]["prompts"] == 2
+    two, attr = rows["counting: two"], rows["color_attr"]
+    assert two["ranked"] == two["correct"] == two["top"] == 0 and two["separation"] is None
+    assert attr["ranked"] == 1 and attr["top"] > attr["correct"] > attr["bottom"], attr
+    assert not (tmp_path / "run").exists()  # a diagnosis writes nothing of a run

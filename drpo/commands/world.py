@@ -11,6 +11,7 @@
     drpo world ship --config config/config.yaml           # rebuild drpo/world/shipped (make world-models)
     drpo world ship --config config/config.yaml --check   # a rebuild gives the shipped bytes?
     drpo world pairs --prompts world_train.jsonl --out results/world/pairs/pairs.jsonl
+    drpo world diagnose --config results/runs/drpo-s42/train.yaml --prompts results/prompts/world_train.jsonl
 """
 
 from __future__ import annotations
@@ -220,6 +221,27 @@ def _run_ship(args: argparse.Namespace) -> int:
         return 1 if diff else 0
 
 
+def _add_diagnose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="a run's train config (results/runs/<run>/train.yaml): model, reward, features, K")
+    p.add_argument("--prompts", required=True, help="prompt rows (JSONL) to draw candidates for")
+    p.add_argument("--by", choices=["tag", "number"], default="tag", help="group prompts by tag, or counting prompts by their number")
+    p.add_argument("--per-group", type=int, default=24, help="at most this many prompts per group")
+    p.add_argument("--lora", help="a LoRA folder to load first (a checkpoint or final/); default: the base model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates' noise")
+    p.add_argument("--json", help="also write the rows as JSON here")
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from drpo.io import write_json
+    from drpo.world.diagnose import format_rows, ranking_signal
+
+    rows = ranking_signal(args.config, args.prompts, by=args.by, per_group=args.per_group, seed=args.seed, lora=args.lora)
+    print(format_rows(rows))
+    if args.json:
+        write_json(args.json, rows)
+    return 0
+
+
 # subcommand -> (add_arguments, run, help)
 SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "prompts": (_add_prompts, _run_prompts, "GenEval-format prompts from the world's grammar (or a disjoint train/test split)"),
@@ -227,6 +249,7 @@ SUBCOMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "train-base": (_add_train_base, _run_train_base, "pre-train the world's base one-step generator (VAE, then UNet by regression on noise-coupled renders)"),
     "train-reward": (_add_train_reward, _run_train_reward, "train the world's PickScore: a tiny CLIP on rendered pairs"),
     "pairs": (_add_pairs, _run_pairs, "preference pairs (rendered correct vs. incorrect) for the offline variant"),
+    "diagnose": (_add_diagnose, _run_diagnose, "per tag: does the training reward rank a run's candidates, and does its feature space set correct ones apart"),
     "ship": (_add_ship, _run_ship, "build the shipped base and reward model (drpo/world/shipped) from a config's world: block"),
 }
 
