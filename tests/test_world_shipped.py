@@ -141,6 +141,44 @@ def test_diagnose_finds_no_ranking_signal_where_the_base_never_saw_the_word(tmp_
     rows = {r["group"]: r for r in json.loads((tmp_path / "signal.json").read_text())}
     assert set(rows) == {"counting: two", "color_attr"} and rows["counting: two"]["prompts"] == 2
     two, attr = rows["counting: two"], rows["color_attr"]
-    assert two["ranked"] == two["correct"] == two["top"] == 0 and two["separation"] is None
+    assert two["ranked"] == two["correct"] == two["top"] == 0
+    assert two["separation"] is two["nearest_correct"] is None and two["separated_prompts"] == 0
     assert attr["ranked"] == 1 and attr["top"] > attr["correct"] > attr["bottom"], attr
     assert not (tmp_path / "run").exists()  # a diagnosis writes nothing of a run
+
+
+def test_separation_of_two_clusters_and_of_one():
+    import torch
+
+    from drpo.world.diagnose import _separation
+
+    ok = torch.tensor([True, True, True, False, False, False, False, False])
+    apart = torch.cat([torch.zeros(3, 2), torch.full((5, 2), 10.0)]) + 0.1 * torch.arange(8.0)[:, None]
+    ratio, nearest, chance = _separation(apart, ok)
+    assert ratio > 20 and nearest == 1.0 and chance == pytest.approx(2 / 7)  # a correct one's neighbour is correct
+    mixed = torch.arange(8.0)[:, None].repeat(1, 2)  # on a line, correct ones at 0, 1, 2: each neighbour correct
+    assert _separation(mixed, ok)[1] == 1.0
+    interleaved = torch.tensor([True, False] * 4)  # correct at 0, 2, 4, 6: every nearest neighbour is wrong
+    ratio, nearest, _ = _separation(mixed, interleaved)
+    assert nearest == 0.0 and ratio < 1
+    assert _separation(mixed, torch.tensor([True] + [False] * 7)) is None  # one correct: nothing to compare
+    assert _separation(mixed, torch.ones(8, dtype=torch.bool)) is None
+
+
+def test_diagnose_refuses_what_it_cannot_read(tmp_path, capsys):
+    import yaml
+
+    from drpo.cli import main
+
+    (tmp_path / "prompts.txt").write_text("a photo of a red circle\n")
+    config = {"method": "grpo", "output_dir": str(tmp_path / "run"), "model": {"path": str(shipped.SHIPPED / "base")},
+              "prompts": {"path": str(tmp_path / "prompts.txt")}, "reward": "world_checker_graded"}
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(config))
+    assert main(["world", "diagnose", "--config", str(tmp_path / "grpo.yaml"), "--prompts", str(tmp_path / "prompts.txt")]) == 2
+    assert "method is 'grpo'" in capsys.readouterr().err
+    (tmp_path / "drpo.yaml").write_text(yaml.safe_dump({**config, "method": "drpo"}))
+    assert main(["world", "diagnose", "--config", str(tmp_path / "drpo.yaml"), "--prompts", str(tmp_path / "prompts.txt")]) == 2
+    assert "row 1 is not a GenEval row" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["world", "diagnose", "--config", "x", "--prompts", "y", "--per-group", "0"])
+    assert "at least 1" in capsys.readouterr().err

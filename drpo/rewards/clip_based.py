@@ -105,7 +105,8 @@ class CLIPBackbone:
                 out = self.model.get_text_features(
                     input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
                 )
-            self._text_cache.update(zip(new, F.normalize(_features(out).float(), dim=-1)))
+            # each row its own copy: a view would keep its whole batch alive while the row is cached
+            self._text_cache.update(zip(new, (e.clone() for e in F.normalize(_features(out).float(), dim=-1))))
         # a new tensor, also outside inference_mode, even where the cached rows were made inside it
         embeds = torch.stack([self._text_cache[p] for p in prompts])
         for p in dict.fromkeys(prompts):

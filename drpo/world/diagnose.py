@@ -22,8 +22,12 @@ from pathlib import Path
 import torch
 
 from drpo.contracts import is_correct
+from drpo.errors import UserError
 
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+KEYS = ("ranked", "correct", "top", "bottom", "separation", "nearest_correct", "nearest_chance")
 
 
 def group_of(row: dict, by: str) -> str:
@@ -50,14 +54,26 @@ def _separation(feats: torch.Tensor, ok: torch.Tensor) -> tuple[float, float, fl
 
 def ranking_signal(train_config: str | Path, prompts: str | Path, *, by: str = "tag", per_group: int = 24,
                    seed: int = 0, lora: str | None = None) -> list[dict]:
-    """One row per group: its prompts and the shares above (means over its prompts)."""
+    """One row per group: its prompts and the shares above (means over its prompts; None where a
+    group has no prompt with both correct and wrong candidates). The candidates' noise is one stream
+    in group order, so a prompt's candidates depend on `seed`, `by` and `per_group`."""
     from drpo.data.prompts import load_prompts
     from drpo.rewards import build_reward
     from drpo.train.config import load_train_config
     from drpo.train.timing import ComponentTimer
     from drpo.train.trainer import build_method, build_models
 
+    if per_group < 1:
+        raise ValueError(f"drpo world diagnose: --per-group must be at least 1, got {per_group}")
     cfg = load_train_config(train_config)
+    if cfg.method != "drpo":  # the question is what DrPO's ranking and feature space see
+        raise UserError(f"{train_config}: method is {cfg.method!r}; drpo world diagnose reads a DrPO run's train config "
+                        "(results/runs/drpo-s42/train.yaml)")
+    rows = load_prompts(prompts)
+    bad = next((i for i, r in enumerate(rows) if not (isinstance(r.get("tag"), str) and r.get("include"))), None)
+    if bad is not None:
+        raise UserError(f"{prompts}: row {bad + 1} is not a GenEval row (it needs tag and include, as `drpo world prompts` writes)")
+    torch.manual_seed(seed)  # stochastic feature maps (a MAE's mask, a teacher UNet's noise) draw from the global stream
     models = build_models(cfg, torch.device("cpu"))
     if lora:
         models.generator.load_lora(lora)
@@ -65,7 +81,7 @@ def ranking_signal(train_config: str | Path, prompts: str | Path, *, by: str = "
     checker = build_reward({"name": "world_checker"})
     k, top, bottom = cfg.drpo.candidates, cfg.drpo.positives, cfg.drpo.negatives
     groups: dict[str, list[dict]] = defaultdict(list)
-    for row in load_prompts(prompts):
+    for row in rows:
         if len(groups[group_of(row, by)]) < per_group:
             groups[group_of(row, by)].append(row)
     noise_gen = torch.Generator().manual_seed(seed)
@@ -92,8 +108,8 @@ def ranking_signal(train_config: str | Path, prompts: str | Path, *, by: str = "
             if sep is not None:
                 for key, value in zip(("separation", "nearest_correct", "nearest_chance"), sep):
                     shares[key].append(value)
-        out.append({"group": name, "prompts": len(groups[name]), "separated_prompts": len(shares["separation"]),
-                    **{key: (statistics.fmean(v) if v else None) for key, v in shares.items()}})
+        out.append({"group": name, "prompts": len(groups[name]), "separated_prompts": len(shares.get("separation", [])),
+                    **{key: (statistics.fmean(shares[key]) if shares.get(key) else None) for key in KEYS}})
     return out
 
 
