@@ -179,6 +179,5 @@ def test_diagnose_refuses_what_it_cannot_read(tmp_path, capsys):
     (tmp_path / "drpo.yaml").write_text(yaml.safe_dump({**config, "method": "drpo"}))
     assert main(["world", "diagnose", "--config", str(tmp_path / "drpo.yaml"), "--prompts", str(tmp_path / "prompts.txt")]) == 2
     assert "row 1 is not a GenEval row" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["world", "diagnose", "--config", "x", "--prompts", "y", "--per-group", "0"])
-    assert "at least 1" in capsys.readouterr().err
+    assert main(["world", "diagnose", "--config", "x", "--prompts", "y", "--per-group", "0"]) == 2
+    assert "--per-group must be at least 1" in capsys.readouterr().err

@@ -221,17 +221,11 @@ def _run_ship(args: argparse.Namespace) -> int:
         return 1 if diff else 0
 
 
-def _positive(value: str) -> int:
-    if not value.lstrip("-").isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
-    return int(value)
-
-
 def _add_diagnose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a run's train config (results/runs/<run>/train.yaml): model, reward, features, K")
     p.add_argument("--prompts", required=True, help="prompt rows (JSONL) to draw candidates for")
     p.add_argument("--by", choices=["tag", "number"], default="tag", help="group prompts by tag, or counting prompts by their number")
-    p.add_argument("--per-group", type=_positive, default=24, help="at most this many prompts per group")
+    p.add_argument("--per-group", type=int, default=24, help="at most this many prompts per group (at least 1)")
     p.add_argument("--lora", help="a LoRA folder to load first (a checkpoint or final/); default: the base model")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the candidates' noise (one stream in group order: a prompt's candidates also depend on --by and --per-group)")

@@ -82,21 +82,22 @@ def ranking_signal(train_config: str | Path, prompts: str | Path, *, by: str = "
     k, top, bottom = cfg.drpo.candidates, cfg.drpo.positives, cfg.drpo.negatives
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        if len(groups[group_of(row, by)]) < per_group:
-            groups[group_of(row, by)].append(row)
+        group = groups[group_of(row, by)]
+        if len(group) < per_group:
+            group.append(row)
     noise_gen = torch.Generator().manual_seed(seed)
+    gen = method.gen
     out = []
     for name in sorted(groups):
         shares: dict[str, list[float]] = defaultdict(list)
         for row in groups[name]:
-            gen = method.gen
+            prompts_k, meta_k = [row["prompt"]] * k, [{key: v for key, v in row.items() if key != "prompt"}] * k
             with torch.no_grad():
                 embeds = gen.encode_prompts([row["prompt"]])
                 latents = gen.generate(gen.sample_noise(k, generator=noise_gen), embeds.repeat_interleave(k))
-                scores = method.rewards(latents, [row], k)[0]
-                images = gen.to_uint8(gen.decode(latents))
-                meta = {key: v for key, v in row.items() if key != "prompt"}
-                ok = torch.tensor([is_correct(s) for s in checker(images, [row["prompt"]] * k, [meta] * k).tolist()])
+                images = gen.to_uint8(gen.decode(latents))  # decoded once for the training reward and the checker
+                scores = models.reward(images, prompts_k, meta_k)  # what method.rewards scores, for one prompt
+                ok = is_correct(checker(images, prompts_k, meta_k))
                 feats = method.features(latents, embeds, k, grad=False)
                 flat = torch.cat([v.reshape(k, -1).float() for v in feats.values()], dim=1)
             order = torch.argsort(scores, descending=True, stable=True)
