@@ -524,9 +524,9 @@ def prompt_set_argv(config: dict, name: str) -> list[str]:
     if spec["source"] == "world":
         w = config["world"]
         split = str(spec.get("split", "test"))
-        val = ["--n-val", str(w.get("val_prompts", 0))] if split == "val" else []  # train and test do not depend on it
+        # validation is drawn before training: every split depends on all three sizes
         return ["world", "prompts", "--split", split, "--n-train", str(w["train_prompts"]),
-                "--n-test", str(w["test_prompts"]), *val, "--seed", str(w["seed"])]
+                "--n-test", str(w["test_prompts"]), "--n-val", str(w.get("val_prompts", 0)), "--seed", str(w["seed"])]
     if spec["source"] == "geneval_grammar":
         return ["prompts", "geneval-grammar", "--n", str(spec.get("n", 2000)), "--seed", str(spec.get("seed", 1)), *local, *exclude]
     if spec["source"] == "file":

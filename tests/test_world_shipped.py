@@ -58,8 +58,8 @@ def tiny_root(tmp_path_factory):
     from drpo.io import write_jsonl
 
     tmp = tmp_path_factory.mktemp("shipped")
-    prompts = write_jsonl(tmp / "train.jsonl", [{"prompt": "a photo of a red circle", "tag": "single_object", "prompt_id": 0,
-                                                 "include": [{"class": "circle", "count": 1}], "exclude": []}])
+    prompts = write_jsonl(tmp / "train.jsonl", [{"prompt": "a photo of a cat", "tag": "single_object", "prompt_id": 0,
+                                                 "include": [{"class": "cat", "count": 1}], "exclude": []}])
     train_base(prompts, tmp / "built", TINY, log=lambda m: None)
     recipe = shipped.recipe_of("base", prompts, 1, **asdict(TINY))
     shipped.record("base", recipe, tmp / "built", tmp / "root")
@@ -107,8 +107,8 @@ def test_a_build_is_byte_identical_when_repeated(tiny_root, tmp_path):
 def test_the_cli_trains_when_the_recipe_is_not_the_shipped_one(tmp_path):
     from drpo.io import write_jsonl
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a photo of a red circle", "tag": "single_object", "prompt_id": 0,
-                                                  "include": [{"class": "circle", "count": 1}], "exclude": []}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a photo of a cat", "tag": "single_object", "prompt_id": 0,
+                                                  "include": [{"class": "cat", "count": 1}], "exclude": []}])
     proc = subprocess.run([sys.executable, "-m", "drpo.cli", "world", "train-reward", "--prompts", str(prompts), "--out",
                            str(tmp_path / "rm"), "--steps", "2", "--threads", "1", "--shipped"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

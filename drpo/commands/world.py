@@ -3,7 +3,7 @@
     drpo world prompts --n 200 --seed 0 --out prompts.jsonl          # GenEval-format rows, may repeat
     drpo world prompts --split test --n-train 400 --n-test 120 --seed 0 --out test.jsonl
     drpo world prompts --split both --n-train 400 --n-test 120 --out world.jsonl   # world_{train,test}.jsonl
-    drpo world prompts --split val --n-train 400 --n-test 120 --n-val 100 --out val.jsonl   # neither train nor test
+    drpo world prompts --split val --n-train 400 --n-test 120 --n-val 100 --out val.jsonl   # give --n-val to every split
     drpo world render --prompts test.jsonl --out grid.png
     drpo world train-base --prompts world_train.jsonl --out results/world/base     # ~8 min on 2 cores
     drpo world train-reward --prompts world_train.jsonl --out results/world/reward_model
@@ -44,7 +44,7 @@ def _add_prompts(p: argparse.ArgumentParser) -> None:
                    help="write disjoint unique sets instead: one of them, or both train and test")
     p.add_argument("--n-train", type=int, help="with --split: training prompts")
     p.add_argument("--n-test", type=int, help="with --split: test prompts")
-    p.add_argument("--n-val", type=int, default=0, help="with --split: validation prompts (drawn from what train and test left)")
+    p.add_argument("--n-val", type=int, default=0, help="with --split: validation prompts (drawn after test, before train: every split depends on it)")
     p.add_argument("--tags", help="comma-separated subset of tags (default: all six)")
     p.add_argument("--max-test-fraction", type=float, default=0.5,
                    help="with --split: at most this fraction of each tag's distinct prompts go to the test set")

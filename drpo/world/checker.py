@@ -9,13 +9,10 @@ the part's colour), which keeps a blurred shape's outline and separates same-col
 blur joined. Colour = the palette colour nearest to the piece's median RGB (none when too far:
 off-palette blobs match no colour clause).
 
-Shape = the best soft-IoU match of the piece's box crop (resized to 16 × 16) against each shape
-rasterised at every size, sharp and slightly blurred, squares also with rounded corners; the IoU
-is the detection score. The cross is the world's one concave shape: a crop that fits a cross
-template at all and whose solidity (its area over its convex hull's) is below `CONCAVE_SOLIDITY`
-is a cross. That keeps a generator's thick-armed, soft-cornered crosses from matching the diamond,
-whose outline they approach; blurrier, nearly convex crosses are left to the templates. Crops too
-elongated or matching no template well are blobs with shape None, which satisfy no clause.
+Class = the pictogram the piece's tight crop spells on a 3 × 3 grid (`pictograms.read`: a cell is
+filled where at least half its area is), with the crop's confidence as the detection score. Crops
+too elongated for a pictogram's square box, spelling no class, or too close to half-filled to read
+are blobs with class None, which satisfy no clause.
 
 Rules (GenEval's, as in its evaluator): for each include clause take the `count` highest-scoring
 objects of its class; fewer than `count` fails; a colour clause needs all of them in that colour;
@@ -33,22 +30,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
-from drpo.world.grammar import SHAPES, validate_row
-from drpo.world.render import BACKGROUND, PALETTE, SceneObject, relations, shape_mask
+from drpo.world.grammar import validate_row
+from drpo.world.pictograms import read
+from drpo.world.render import BACKGROUND, PALETTE, SceneObject, relations
 
 BG_DISTANCE = 60.0  # RGB distance from the background above which a pixel is foreground
 CORE_DISTANCE = 60.0  # a pixel this close to a palette colour counts as that colour's core
 COLOR_DISTANCE = 90.0  # a component's median RGB must be this close to a palette colour to have a colour
 MIN_AREA_FRACTION = 12 / 1024  # smaller components are noise (12 px at 32 × 32)
-MIN_SCORE = 0.6  # template soft-IoU below which a component is an unrecognised blob
-MAX_ASPECT = 1.6  # world shapes have square boxes; longer components are blobs
-CONCAVE_SOLIDITY = 0.92  # rendered crosses: 0.70-0.89 at every size and blur; convex shapes: 1.0
+MAX_ASPECT = 1.6  # pictograms have square boxes; longer components are blobs
 POSITION_THRESHOLD = 0.1  # GenEval's
-TEMPLATE_SIDE = 16
-TEMPLATE_BLURS = (0.0, 0.6, 0.9)  # px; blurrier small shapes are genuinely ambiguous
-ROUNDED_CORNER = 0.15  # corner radius / side of the rounded squares that also count as squares
 
 _PALETTE_NAMES = list(PALETTE)
 _PALETTE_RGB = np.asarray([PALETTE[c] for c in _PALETTE_NAMES], np.float32)
@@ -64,78 +56,12 @@ class CheckResult:
     objects: list[SceneObject] = field(default_factory=list)
 
 
-def _resize(mask: np.ndarray, side: int = TEMPLATE_SIDE) -> np.ndarray:
-    """Area-average a mask crop to side × side floats in [0, 1] (scale-free shape signature)."""
-    img = Image.fromarray(mask.astype(np.float32))
-    return np.asarray(img.resize((side, side), Image.Resampling.BOX), np.float32)
-
-
-def _blurred(mask: np.ndarray, sigma: float) -> np.ndarray:
-    """A mask blurred by `sigma` px and cut at half height, tightly cropped (a blurry render's shape)."""
-    if sigma == 0:
-        return mask
-    m = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 4), sigma) >= 0.5
-    ys, xs = np.nonzero(m)
-    return m[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
-
-
-def rounded_square(side: int, radius: float = ROUNDED_CORNER) -> np.ndarray:
-    """A square whose corners are quarter circles of `radius` × side: how generators draw squares."""
-    r = radius * side
-    yy, xx = np.mgrid[0:side, 0:side] + 0.5
-    dx = np.maximum(np.abs(xx - side / 2) - (side / 2 - r), 0)
-    dy = np.maximum(np.abs(yy - side / 2) - (side / 2 - r), 0)
-    return dx**2 + dy**2 <= r**2 + 0.25  # the same half-pixel tolerance as the renderer's circle
-
-
-def _outlines(shape: str, side: int) -> list[np.ndarray]:
-    return [shape_mask(shape, side)] + ([rounded_square(side)] if shape == "square" else [])
-
-
-def _build_bank() -> tuple[np.ndarray, list[str]]:
-    """Template signatures (M, side²) and their shapes: one per outline, rasterised size and blur
-    (small rasterisations differ; a shape scores its best). Duplicates are dropped, first kept, as
-    many sizes resize alike."""
-    sigs = [(_resize(_blurred(m, sigma)).ravel(), s) for s in SHAPES for k in range(7, 33)
-            for m in _outlines(s, k) for sigma in TEMPLATE_BLURS]
-    bank = np.stack([sig for sig, _ in sigs])
-    first = np.sort(np.unique(bank.round(6), axis=0, return_index=True)[1])
-    return bank[first], [sigs[i][1] for i in first]
-
-
-_BANK, _BANK_SHAPES = _build_bank()
-_BANK_CONCAVE = np.asarray([name == "cross" for name in _BANK_SHAPES])
-
-
-def solidity(mask: np.ndarray) -> float:
-    """Pixels of the mask over pixels whose centres lie in the convex hull of its pixel centres.
-
-    1.0 for every digitised convex shape (square, circle, triangle, diamond at any size), 0.70-0.89
-    for the renderer's crosses. Degenerate masks (a line, a point) count as convex.
-    """
-    ys, xs = np.nonzero(mask)
-    try:
-        hull = ConvexHull(np.stack([xs, ys], 1).astype(np.float64))
-    except (QhullError, ValueError):
-        return 1.0
-    gy, gx = np.mgrid[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
-    grid = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)], 1)
-    inside = int((grid @ hull.equations.T <= 1e-9).all(1).sum())
-    return len(ys) / max(inside, 1)
-
-
 def classify_shape(crop: np.ndarray) -> tuple[str | None, float]:
-    """(shape, score) of a tight boolean crop; shape None if elongated or no template fits."""
+    """(class, score) of a tight boolean crop; class None if elongated or unreadable."""
     h, w = crop.shape
     if max(h, w) > MAX_ASPECT * min(h, w):
         return None, 0.0
-    sig = _resize(crop).reshape(1, -1)
-    iou = np.minimum(sig, _BANK).sum(1) / np.maximum(np.maximum(sig, _BANK).sum(1), 1e-6)
-    if iou[_BANK_CONCAVE].max() >= MIN_SCORE and solidity(crop) < CONCAVE_SOLIDITY:
-        iou[~_BANK_CONCAVE] = -1.0  # cross-like and plainly concave: only a cross can be
-    best = int(iou.argmax())
-    score = float(iou[best])
-    return (_BANK_SHAPES[best] if score >= MIN_SCORE else None), score
+    return read(crop)
 
 
 def _as_hwc_uint8(image) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The shapes world's prompt grammar: GenEval's six tags over a small vocabulary of shapes and colours.
+"""The shapes world's prompt grammar: GenEval's six tags over its 80 object classes and 6 colours.
 
 Rows use GenEval's own metadata format (`tag`, `include`, optional `exclude`, `prompt`; clauses with
 `class`, `count`, and `color` or `position`), plus `prompt_id`, so every tool that reads GenEval
@@ -12,17 +12,18 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from drpo.data.geneval_format import GENEVAL_TAG_WEIGHTS, NUMBERS, TAGS, prompt_text  # noqa: F401  (the world's names)
+from drpo.data.geneval_format import GENEVAL_TAG_WEIGHTS, NUMBERS, TAGS, _plural, prompt_text  # noqa: F401  (the world's names)
+from drpo.world.pictograms import PICTOGRAMS
 
-# Shapes must stay distinguishable from pixels at 32 × 32 (see checker.py); colours must stay far
-# apart in RGB (see render.PALETTE). Order is part of the grammar: it fixes what a seed produces.
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "diamond")
+# Classes are GenEval's 80, each a 3 × 3 pictogram (pictograms.py); colours must stay far apart in
+# RGB (see render.PALETTE). Order is part of the grammar: it fixes what a seed produces.
+CLASSES: tuple[str, ...] = tuple(PICTOGRAMS)
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
 
 def _pairs() -> list[tuple[str, str]]:
-    return [(a, b) for a in SHAPES for b in SHAPES if a != b]
+    return [(a, b) for a in CLASSES for b in CLASSES if a != b]
 
 
 def _make(tag: str, include: list[dict], exclude: list[dict] | None = None) -> dict:
@@ -36,15 +37,15 @@ def _make(tag: str, include: list[dict], exclude: list[dict] | None = None) -> d
 def all_rows(tag: str) -> list[dict]:
     """Every distinct row of one tag, in a fixed order (the grammar is finite)."""
     if tag == "single_object":
-        return [_make(tag, [{"class": s, "count": 1}]) for s in SHAPES]
+        return [_make(tag, [{"class": s, "count": 1}]) for s in CLASSES]
     if tag == "two_object":
         return [_make(tag, [{"class": a, "count": 1}, {"class": b, "count": 1}]) for a, b in _pairs()]
     if tag == "counting":
         # GenEval: "exactly n" is include count n plus exclude count n + 1 (i.e. fewer than n + 1).
         return [_make(tag, [{"class": s, "count": n}], exclude=[{"class": s, "count": n + 1}])
-                for s in SHAPES for n in NUMBERS]
+                for s in CLASSES for n in NUMBERS]
     if tag == "colors":
-        return [_make(tag, [{"class": s, "count": 1, "color": c}]) for s in SHAPES for c in COLORS]
+        return [_make(tag, [{"class": s, "count": 1, "color": c}]) for s in CLASSES for c in COLORS]
     if tag == "position":
         # GenEval: clause 1 is placed relative to clause 0 ("a B right of an A").
         return [_make(tag, [{"class": a, "count": 1}, {"class": b, "count": 1, "position": [rel, 0]}])
@@ -57,8 +58,8 @@ def all_rows(tag: str) -> list[dict]:
 
 def vocabulary_words() -> list[str]:
     """Every word any world prompt uses (for a word-level tokenizer), sorted."""
-    words = {w for tag in TAGS for row in all_rows(tag) for w in row["prompt"].split()}
-    return sorted(words)
+    phrases = ["a an photo of and", *CLASSES, *map(_plural, CLASSES), *COLORS, *RELATIONS, *NUMBERS.values()]
+    return sorted({w for phrase in phrases for w in phrase.split()})
 
 
 def _weights(tag_weights: Mapping[str, float] | None, tags: Iterable[str] | None) -> dict[str, float]:
@@ -110,8 +111,8 @@ def _allocate(total: int, weights: dict[str, float], caps: dict[str, int]) -> di
         wsum = sum(weights[t] for t in open_tags)
         quota = {t: left * weights[t] / wsum for t in open_tags}
         give = {t: min(int(quota[t]), caps[t] - alloc[t]) for t in open_tags}
-        if sum(give.values()) == 0:  # only fractions left: one to the largest quota
-            give = {max(open_tags, key=lambda t: (quota[t], -TAGS.index(t))): 1}
+        if sum(give.values()) == 0:  # only fractions left: one to the tag with the fewest per weight
+            give = {max(open_tags, key=lambda t: (weights[t] / (alloc[t] + 1), -TAGS.index(t))): 1}
         for t, k in give.items():
             alloc[t] += k
         left -= sum(give.values())
@@ -124,26 +125,44 @@ class Splits(NamedTuple):
     val: list[dict]
 
 
-def split_prompts(n_train: int, n_test: int, seed: int, tag_weights: Mapping[str, float] | None = None,
-                  tags: Iterable[str] | None = None, max_test_fraction: float = 0.5, n_val: int = 0) -> Splits:
-    """Disjoint (train, test, val) sets of unique prompts, tags in proportion to `tag_weights` where
-    the grammar allows.
+def _stratum(row: dict):
+    """What a held-out set must not take all of: a counting row's number, a colour row's colour, a
+    position row's relation (so the training set keeps every number word, colour and relation)."""
+    clause = row["include"][-1]
+    return {"counting": clause["count"], "colors": clause.get("color"), "position": (clause.get("position") or [None])[0]}.get(row["tag"])
 
-    The test set is drawn first, at most `max_test_fraction` of each tag's distinct prompts (so
-    every tag keeps training prompts); a tag with too few prompts hands its share to the others.
-    The validation set, where recipes are chosen, comes from what neither took, so asking for one
-    changes neither train nor test (on this grammar it is mostly the large tags: colour attribution
-    and position). `prompt_id` counts from 0 in each set. Too many prompts asked for is an error
-    naming the limit.
+
+def _interleaved(pool: list[dict]) -> list[dict]:
+    """The pool reordered so that every prefix takes its strata in turn (first seen, first served)."""
+    strata: dict = {}
+    for row in pool:
+        strata.setdefault(_stratum(row), []).append(row)
+    groups = list(strata.values())
+    return [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+
+
+def split_prompts(n_train: int, n_test: int, seed: int, tag_weights: Mapping[str, float] | None = None,
+                  tags: Iterable[str] | None = None, max_test_fraction: float = 0.5, n_val: int = 0,
+                  train_tag_weights: Mapping[str, float] | None = None) -> Splits:
+    """Disjoint (train, test, val) sets of unique prompts.
+
+    Test and validation carry `tag_weights` (GenEval's proportions by default) where the grammar
+    allows; training prompts carry `train_tag_weights` (every tag alike by default). The test set is
+    drawn first, at most `max_test_fraction` of each tag's distinct prompts, then the validation set,
+    at most half of what is left of each tag, then training prompts from the rest; a tag with too few
+    prompts hands its share to the others. Within a tag each set takes the numbers, colours and
+    relations in turn, so training keeps every one of them. `prompt_id` counts from 0 in each set.
+    Too many prompts asked for is an error naming the limit.
     """
     weights = _weights(tag_weights, tags)
     names = [t for t in TAGS if t in weights]
+    train_weights = _weights(train_tag_weights, names) if train_tag_weights is not None else dict.fromkeys(names, 1.0)
     rng = random.Random(seed)
     pools = {}
     for t in names:
         pool = all_rows(t)
         rng.shuffle(pool)
-        pools[t] = pool
+        pools[t] = _interleaved(pool)
     total = sum(len(p) for p in pools.values())
     if n_train + n_test + n_val > total:
         raise ValueError(f"split_prompts: asked for {n_train} train + {n_test} test + {n_val} validation prompts but the "
@@ -153,20 +172,21 @@ def split_prompts(n_train: int, n_test: int, seed: int, tag_weights: Mapping[str
         raise ValueError(f"split_prompts: n_test={n_test} exceeds {sum(test_caps.values())} "
                          f"(max_test_fraction={max_test_fraction} of each tag's prompts)")
     n_test_tag = _allocate(n_test, weights, test_caps)
-    test_rows = {t: pools[t][: n_test_tag[t]] for t in names}
-    train_pools = {t: pools[t][n_test_tag[t]:] for t in names}
-    n_train_tag = _allocate(n_train, weights, {t: len(p) for t, p in train_pools.items()})
-    train_rows = {t: train_pools[t][: n_train_tag[t]] for t in names}
+    n_val_tag = _allocate(n_val, weights, {t: (len(pools[t]) - n_test_tag[t]) // 2 for t in names})
+    taken = {t: n_test_tag[t] + n_val_tag[t] for t in names}
+    n_train_tag = _allocate(n_train, train_weights, {t: len(pools[t]) - taken[t] for t in names})
+    if sum(n_val_tag.values()) < n_val or sum(n_train_tag.values()) < n_train:
+        raise ValueError(f"split_prompts: {n_val} validation and {n_train} training prompts do not fit beside {n_test} test "
+                         f"prompts (validation takes at most half of each tag's rest); lower world.val_prompts/train_prompts")
 
     def _finish(by_tag: dict[str, list[dict]]) -> list[dict]:
         rows = [r for t in names for r in by_tag[t]]
         rng.shuffle(rows)
         return [{**r, "prompt_id": i} for i, r in enumerate(rows)]
 
-    train, test = _finish(train_rows), _finish(test_rows)
-    val_pools = {t: train_pools[t][n_train_tag[t]:] for t in names}
-    n_val_tag = _allocate(n_val, weights, {t: len(p) for t, p in val_pools.items()})
-    val = _finish({t: val_pools[t][: n_val_tag[t]] for t in names})
+    test = _finish({t: pools[t][: n_test_tag[t]] for t in names})
+    val = _finish({t: pools[t][n_test_tag[t]: taken[t]] for t in names})
+    train = _finish({t: pools[t][taken[t]: taken[t] + n_train_tag[t]] for t in names})
     seen = [{r["prompt"] for r in rows} for rows in (train, test, val)]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
     return Splits(train, test, val)

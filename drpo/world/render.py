@@ -1,6 +1,7 @@
 """Render images that satisfy a world metadata row: the shapes world's real data.
 
-Flat shapes on a light grey background with slight pixel noise; objects never overlap and keep a
+Flat pictograms (pictograms.py: each class a 3 × 3 pattern) on a light grey background with slight
+pixel noise; objects never overlap and keep a
 gap, so the checker can segment them; position relations hold with a margin (and are stable under
 small box changes), so a rendered image is unambiguous for GenEval's rules. Pure numpy.
 
@@ -20,11 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-from drpo.world.grammar import COLORS, SHAPES, validate_row
+from drpo.world.grammar import COLORS, validate_row
+from drpo.world.pictograms import mask as shape_mask  # noqa: F401  (the renderer's and checker's name for it)
 
 BACKGROUND: tuple[int, int, int] = (232, 232, 232)
 # Pairwise RGB distances >= 98 (yellow-orange the closest); all >= 190 from the background.
@@ -61,38 +62,13 @@ NOISE = 3  # per-pixel uniform noise amplitude
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One drawn (or detected) object; box is (x0, y0, x1, y1) in pixels, end-exclusive."""
+    """One drawn (or detected) object: its class (None: unreadable), colour and box (x0, y0, x1, y1)
+    in pixels, end-exclusive."""
 
     shape: str | None
     color: str | None
     box: tuple[int, int, int, int]
     score: float = 1.0
-
-
-@lru_cache(maxsize=None)
-def shape_mask(shape: str, side: int) -> np.ndarray:
-    """Boolean (side, side) mask of a shape whose tight bounding box is the full square."""
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; world shapes: {', '.join(SHAPES)}")
-    s = side
-    yy, xx = np.mgrid[0:s, 0:s] + 0.5  # pixel centres
-    c = s / 2
-    if shape == "circle":
-        m = (xx - c) ** 2 + (yy - c) ** 2 <= (s / 2) ** 2 + 0.25
-    elif shape == "square":
-        m = np.ones((s, s), bool)
-    elif shape == "triangle":  # apex up, base on the bottom row
-        m = np.abs(xx - c) <= (yy + 0.5) / 2
-    elif shape == "diamond":
-        m = np.abs(xx - c) + np.abs(yy - c) <= s / 2
-    else:  # cross: two centred bars about a third of the side thick
-        w = s // 3 + ((s - s // 3) % 2)
-        lo, hi = (s - w) // 2, (s + w) // 2
-        m = np.zeros((s, s), bool)
-        m[lo:hi, :] = True
-        m[:, lo:hi] = True
-    m.setflags(write=False)
-    return m
 
 
 def relations(box_a, box_b, threshold: float = 0.1, cut: float = 0.5) -> set[str]:
@@ -237,7 +213,7 @@ def render_scene(row: dict, rng: np.random.Generator, size: int = 32, layout: st
     """
     validate_row(row)
     if size < 16:
-        raise ValueError(f"render: size {size} is too small for the world's shapes; use 16 or more")
+        raise ValueError(f"render: size {size} is too small for the world's pictograms; use 16 or more")
     if layout not in LAYOUTS:
         raise ValueError(f"render: unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
     if noise is not None and layout != "slots":
