@@ -116,11 +116,11 @@ def test_the_cli_trains_when_the_recipe_is_not_the_shipped_one(tmp_path):
     assert "drpo: reward model step 2/2" in proc.stderr and (tmp_path / "rm" / "config.json").exists() and proc.stdout == ""
 
 
-def test_diagnose_finds_no_ranking_signal_where_the_base_never_saw_the_word(tmp_path):
-    """`drpo world diagnose` on the shipped base with the embedded DrPO recipe: the shipped base was
-    trained on prompts without the word "two" (every "two <shapes>" prompt is in the test split), so
-    it draws one object for all of them and the graded checker scores all K candidates alike; colour
-    attribution, which it was trained on, ranks and its best candidates are mostly correct."""
+def test_diagnose_finds_no_ranking_signal_where_no_candidate_can_differ(tmp_path):
+    """`drpo world diagnose` on the shipped base with the embedded DrPO recipe. Rows that ask for four
+    giraffes (or zebras) under the prompt "a photo of a cat" are failed alike by all K candidates (each is a cat,
+    the same clause fails), so the graded checker cannot rank them; colour attribution ranks, and its
+    best candidates are more often correct than its worst."""
     import json
 
     import yaml
@@ -129,8 +129,9 @@ def test_diagnose_finds_no_ranking_signal_where_the_base_never_saw_the_word(tmp_
     from drpo.io import write_jsonl
     from drpo.world.grammar import all_rows
 
-    twos = [r for r in all_rows("counting") if r["include"][0]["count"] == 2][:2]
-    write_jsonl(tmp_path / "prompts.jsonl", twos + all_rows("color_attr")[:3])
+    fours = [{**r, "prompt": "a photo of a cat"} for r in all_rows("counting")
+             if r["include"][0]["class"] in ("giraffe", "zebra") and r["include"][0]["count"] == 4]
+    write_jsonl(tmp_path / "prompts.jsonl", fours + all_rows("color_attr")[:3])
     config = {"method": "drpo", "output_dir": str(tmp_path / "run"), "model": {"path": str(shipped.SHIPPED / "base")},
               "prompts": {"path": str(tmp_path / "prompts.jsonl")}, "reward": "world_checker_graded",
               "features": {"name": "clip", "options": {"path": str(shipped.SHIPPED / "reward_model")}},
@@ -139,8 +140,8 @@ def test_diagnose_finds_no_ranking_signal_where_the_base_never_saw_the_word(tmp_
     assert main(["world", "diagnose", "--config", str(tmp_path / "train.yaml"), "--prompts", str(tmp_path / "prompts.jsonl"),
                  "--by", "number", "--json", str(tmp_path / "signal.json")]) == 0
     rows = {r["group"]: r for r in json.loads((tmp_path / "signal.json").read_text())}
-    assert set(rows) == {"counting: two", "color_attr"} and rows["counting: two"]["prompts"] == 2
-    two, attr = rows["counting: two"], rows["color_attr"]
+    assert set(rows) == {"counting: four", "color_attr"} and rows["counting: four"]["prompts"] == 2
+    two, attr = rows["counting: four"], rows["color_attr"]
     assert two["ranked"] == two["correct"] == two["top"] == 0
     assert two["separation"] is two["nearest_correct"] is None and two["separated_prompts"] == 0
     assert attr["ranked"] == 1 and attr["top"] > attr["correct"] > attr["bottom"], attr

@@ -1,6 +1,6 @@
 """The shapes world's base one-step generator: a tiny SD-Turbo-class stack pre-trained on renders.
 
-Two stages of fixed step counts (so a seed reproduces the model; about 5 minutes on 2 idle cores),
+Two stages of fixed step counts (so a seed reproduces the model; about 16 minutes on 2 idle cores),
 all on the same classes as SD-Turbo (UNet2DCondition, AutoencoderKL, CLIPTextModel, a CLIP
 tokenizer over the world's words):
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 class BaseRecipe:
     resolution: int = 32
     vae_steps: int = 800
-    regression_steps: int = 1500
+    regression_steps: int = 5000
     seed: int = 0
     vae_channels: tuple[int, ...] = (16, 32, 32)
     unet_channels: tuple[int, ...] = (64, 128)
@@ -66,8 +66,8 @@ def _images(rows: list[dict], rng: np.random.Generator, size: int, noise: torch.
 
 
 class _TagBalanced:
-    """Draw prompt indices uniformly over GenEval tags, then within the tag: the grammar has 5
-    single-object prompts and hundreds of colour-attribute ones, and the easy tags must be learnt too."""
+    """Draw prompt indices uniformly over GenEval tags, then within the tag: a prompt file may hold
+    few prompts of a tag (the world's training set: 23 single-object ones), and every tag must be learnt."""
 
     def __init__(self, rows: list[dict], rng: np.random.Generator):
         self.rng = rng

@@ -3,7 +3,7 @@
 Detection: foreground = pixels far from the background colour; connected components (8-connected)
 of at least `min_area` pixels. A component holding two or more palette colours with substantial
 area each is split by colour (touching objects); one holding exactly two stays whole only when it
-reads as a world shape better whole than split: a single object shading from one colour to the
+reads as a pictogram better whole than split: a single object shading from one colour to the
 other. Each part's shape is its half-way contour (pixels at least half-way from the background to
 the part's colour), which keeps a blurred shape's outline and separates same-colour objects that
 blur joined. Colour = the palette colour nearest to the piece's median RGB (none when too far:
