@@ -106,8 +106,8 @@ def test_validation_comes_between_test_and_training_and_training_keeps_every_wor
     rest = {t: len(all_rows(t)) - test_tags[t] - val_tags[t] for t in TAGS}
     share = 400 / len(TAGS)
     assert all(train_tags[t] == rest[t] or train_tags[t] >= share - 1 for t in TAGS), train_tags
-    with pytest.raises(ValueError, match=r"400 train \+ 120 test \+ 9000 validation prompts"):
-        split_prompts(400, 120, seed=0, n_val=9000)
+    with pytest.raises(ValueError, match=r"400 train \+ 120 test \+ 300000 validation prompts but the grammar has only 222000"):
+        split_prompts(400, 120, seed=0, n_val=300_000)
     import argparse
 
     args = argparse.Namespace(out=str(tmp_path / "v.jsonl"), seed=0, n=None, split="val", n_train=400, n_test=120, n_val=0,
@@ -122,12 +122,12 @@ def test_validation_comes_between_test_and_training_and_training_keeps_every_wor
 def test_a_tag_short_of_prompts_hands_its_share_on_and_too_many_is_an_error():
     from collections import Counter
 
-    # 5 single-object and 15 counting prompts: the test set takes at most half of each (2 and 7)
-    test = split_prompts(2, 6, seed=0, tags=["single_object", "counting"]).test
-    assert Counter(r["tag"] for r in test) == {"single_object": 2, "counting": 4}
-    # validation takes at most half of what the test set leaves (1 and 5): 10 do not fit
-    with pytest.raises(ValueError, match="do not fit beside 6 test prompts"):
-        split_prompts(2, 6, seed=0, tags=["single_object", "counting"], n_val=10)
+    # 80 single-object and 240 counting prompts; a test set of at most 2 % of each: 1 and 4
+    test = split_prompts(2, 5, seed=0, tags=["single_object", "counting"], max_test_fraction=0.02).test
+    assert Counter(r["tag"] for r in test) == {"single_object": 1, "counting": 4}
+    # validation takes at most half of what the test set leaves (39 and 118): 200 do not fit
+    with pytest.raises(ValueError, match="do not fit beside 5 test prompts"):
+        split_prompts(2, 5, seed=0, tags=["single_object", "counting"], max_test_fraction=0.02, n_val=200)
 
 
 def test_prompt_phrasing_reproduces_genevals_own_prompts():

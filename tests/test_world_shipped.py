@@ -79,7 +79,7 @@ def test_install_copies_only_the_very_recipe(tiny_root, tmp_path):
     assert not (tmp_path / "b2").exists()
     assert shipped.differences("reward_model", recipe, root) == ["not shipped"]
     prompts2 = tmp_path / "p.jsonl"
-    prompts2.write_text(prompts.read_text().replace("red", "blue"))
+    prompts2.write_text(prompts.read_text().replace("cat", "dog"))
     assert shipped.differences("base", shipped.recipe_of("base", prompts2, 1, **asdict(TINY)), root) == ["prompts_sha256"]
 
 
