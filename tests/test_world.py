@@ -479,6 +479,6 @@ def test_base_generator_beats_random_init_and_varies_with_the_seed(tmp_path):
     print(f"base: accuracy {base_acc:.3f}, graded {base_graded:.3f}")
     rand_acc, rand_graded, _ = _checker_scores(random_init, rows)
     print(f"random init: accuracy {rand_acc:.3f}, graded {rand_graded:.3f}")
-    assert base_acc >= rand_acc + 0.2 and base_acc < 1.0, (base_acc, rand_acc)  # measured 0.40 vs 0.05
+    assert base_acc >= rand_acc + 0.2 and base_acc < 1.0, (base_acc, rand_acc)  # measured 0.64 vs 0.07
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 2  # other seeds, other samples
     assert (tmp_path / "base" / "samples.png").exists() and not (tmp_path / ".base.tmp").exists()

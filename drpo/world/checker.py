@@ -91,7 +91,7 @@ def _pieces(img: np.ndarray, part: np.ndarray, ref: np.ndarray, min_area: int) -
 
 def _objects(sub_img: np.ndarray, parts, min_area: int, offset: tuple[int, int]) -> tuple[list[SceneObject], float]:
     """Each (part mask, reference colour)'s half-way pieces as objects in image coordinates, and
-    how well they explain the parts: pixels in pieces, weighted by their template score."""
+    how well they explain the parts: pixels in pieces, weighted by their reading confidence."""
     found, explained = [], 0.0
     oy, ox = offset
     for part, ref in parts:
