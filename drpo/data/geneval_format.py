@@ -18,7 +18,7 @@ def _a(word: str) -> str:
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
-def _plural(name: str) -> str:
+def plural(name: str) -> str:
     # GenEval's own rule: "es" after an s ("buses", "wine glasses"), else "s" (even "toothbrushs").
     return name + ("es" if name.endswith("s") else "s")
 
@@ -29,7 +29,7 @@ def prompt_text(tag: str, include: list[dict]) -> str:
     if tag == "single_object":
         return f"a photo of {_a(a['class'])}"
     if tag == "counting":
-        return f"a photo of {NUMBERS[a['count']]} {_plural(a['class'])}"
+        return f"a photo of {NUMBERS[a['count']]} {plural(a['class'])}"
     if tag == "colors":
         return f"a photo of {_a(a['color'])} {a['class']}"
     b = include[1]

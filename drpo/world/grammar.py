@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from drpo.data.geneval_format import GENEVAL_TAG_WEIGHTS, NUMBERS, TAGS, _plural, prompt_text  # noqa: F401  (the world's names)
+from drpo.data.geneval_format import GENEVAL_TAG_WEIGHTS, NUMBERS, TAGS, plural, prompt_text  # noqa: F401  (the world's names)
 from drpo.world.pictograms import PICTOGRAMS
 
 # Classes are GenEval's 80, each a 3 × 3 pictogram (pictograms.py); colours must stay far apart in
@@ -58,7 +58,7 @@ def all_rows(tag: str) -> list[dict]:
 
 def vocabulary_words() -> list[str]:
     """Every word any world prompt uses (for a word-level tokenizer), sorted."""
-    phrases = ["a an photo of and", *CLASSES, *map(_plural, CLASSES), *COLORS, *RELATIONS, *NUMBERS.values()]
+    phrases = ["a an photo of and", *CLASSES, *map(plural, CLASSES), *COLORS, *RELATIONS, *NUMBERS.values()]
     return sorted({w for phrase in phrases for w in phrase.split()})
 
 

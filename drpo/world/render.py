@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from drpo.world.grammar import COLORS, validate_row
-from drpo.world.pictograms import mask as shape_mask  # noqa: F401  (the renderer's and checker's name for it)
+from drpo.world.pictograms import mask as shape_mask
 
 BACKGROUND: tuple[int, int, int] = (232, 232, 232)
 # Pairwise RGB distances >= 98 (yellow-orange the closest); all >= 190 from the background.
