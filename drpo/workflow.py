@@ -123,6 +123,10 @@ def _check_references(config: dict, source: str) -> None:
     for name, grid in config["training"].get("ablations", {}).items():
         if grid["run"] not in config["training"]["runs"]:
             raise ConfigError(f"{source}: training.ablations.{name}.run: '{grid['run']}' is not a run")
+        try:
+            ablation_points(name, grid)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     evaluation = config["evaluation"]
     for ts in evaluation["test_sets"]:
         if ts not in prompt_sets:
@@ -239,6 +243,19 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
 
 
+def ablation_points(grid_name: str, grid: dict) -> list[str]:
+    """Run names of a grid's points, `<run>-<grid>-<value>`: the value's slug (a component block's
+    name), or, where two values share a slug (two clip blocks with other keys), the labels' slugs."""
+    slugs = [_slug(v) for v in grid["values"]]
+    if len(set(slugs)) < len(slugs):
+        labels = [_slug(label) for label in grid.get("labels") or []]
+        if len(labels) != len(slugs) or len(set(labels)) < len(labels):
+            raise ConfigError(f"training.ablations.{grid_name}: values {slugs} would name the same run twice; "
+                              "give the grid distinct `labels` (one per value): they then name its runs")
+        slugs = labels
+    return [f"{grid['run']}-{grid_name}-{slug}" for slug in slugs]
+
+
 # Blocks that name a component: an override naming another component replaces the block instead
 # of merging into it, so the default's options (a latent-MAE checkpoint path) never reach DINOv2.
 COMPONENT_BLOCKS = ("features",)
@@ -262,9 +279,9 @@ def _named_runs(config: dict) -> dict[str, tuple[dict, dict]]:
         named[name] = (spec, spec.get("set", {}))
     for grid, ab in training.get("ablations", {}).items():
         spec = training["runs"][ab["run"]]
-        for i, value in enumerate(ab["values"]):
+        for i, (value, name) in enumerate(zip(ab["values"], ablation_points(grid, ab))):
             label = ab.get("labels", [None] * len(ab["values"]))[i] or f"{grid}={value}"
-            named[f"{ab['run']}-{grid}-{_slug(value)}"] = (
+            named[name] = (
                 {**spec, "label": label, "ablation": grid, "value": value},
                 merge_overrides(spec.get("set", {}), _dotted(ab["key"], value)),
             )
@@ -693,7 +710,7 @@ def table_rows(config: dict, table: str) -> list[str]:
     grid_name = spec.get("ablation")
     if grid_name:
         grid = config["training"]["ablations"][grid_name]
-        return [grid["run"]] + [f"{grid['run']}-{grid_name}-{_slug(v)}" for v in grid["values"]]
+        return [grid["run"]] + ablation_points(grid_name, grid)
     if spec["builder"] == "preference":
         return list((config["evaluation"].get("judge") or {}).get("against", []))
     return list(config["evaluation"].get("base_models", {})) + list(config["training"]["runs"])

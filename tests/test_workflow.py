@@ -58,6 +58,27 @@ def test_defaults_are_filled_and_runs_expand_over_seeds_and_ablations():
     assert len(runs) == 2 * (len(config["training"]["runs"]) + 2)
 
 
+def test_feature_blocks_of_one_name_are_told_apart_by_their_labels():
+    clip = {"name": "clip", "options": {"path": "results/world/reward_model"}}
+    grid = {"run": "drpo", "key": "features", "values": [{**clip, "options": {**clip["options"], "keys": ["image_embeds"]}},
+                                                          {**clip, "options": {**clip["options"], "keys": ["layer3_cls"]}}, {"name": "latent"}]}
+    config = wf.validate_config(default_config())
+    config["training"]["ablations"] = {"features": grid}
+    message = r"config\.yaml: training\.ablations\.features: values \['clip', 'clip', 'latent'\] would name the same run twice; give the grid distinct `labels`"
+    with pytest.raises(ConfigError, match=message):
+        wf.validate_config(config, source="config.yaml")
+    grid["labels"] = ["CLIP embeds", "CLIP cls", "Latent"]
+    config = wf.validate_config(config)
+    runs = wf.runs(config)
+    assert runs["drpo-features-CLIP-cls-s42"].overrides["features"]["options"]["keys"] == ["layer3_cls"]
+    assert runs["drpo-features-CLIP-embeds-s42"].overrides["features"]["options"]["keys"] == ["image_embeds"]
+    config["tables"] = {"val_features": {"builder": "ablation", "ablation": "features", "metrics": ["geneval"]}}
+    assert wf.table_rows(config, "val_features") == ["drpo", "drpo-features-CLIP-embeds", "drpo-features-CLIP-cls", "drpo-features-Latent"]
+    # names stay the values' own where they differ (the paper's grids keep their run names)
+    assert wf.ablation_points("features", {"run": "drpo", "values": [{"name": "latent"}, {"name": "dinov2"}], "labels": ["A", "B"]}) \
+        == ["drpo-features-latent", "drpo-features-dinov2"]
+
+
 def test_train_config_merges_defaults_run_and_ablation_and_is_a_valid_trainconfig():
     config = wf.validate_config(default_config())
     config["training"]["ablations"] = {"eta": {"run": "drpo", "key": "drpo.eta_pos", "values": [1000]}}
