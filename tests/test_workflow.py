@@ -428,4 +428,4 @@ def test_the_world_validation_config_never_scores_the_test_set(tmp_path):
     assert wf.prompt_set_argv(val, "world_val")[:4] == ["world", "prompts", "--split", "val"] and "--n-val" in wf.prompt_set_argv(val, "world_val")
     assert wf.prompt_set_argv(val, "world_train") == wf.prompt_set_argv(default, "world_train")
     counts = _job_counts(_dry_run("all", "--configfile", str(val_path), "--config", f"results={tmp_path}/val"))
-    assert counts["train"] == 1 + 3 + 3 + 1 + 2 + 2 and counts["sample"] == counts["train"] + 1 and "judge" not in counts
+    assert counts["train"] == 1 + 3 + 3 + 1 + 2 + 2 + 4 + 2 + 1 + 1 and counts["sample"] == counts["train"] + 1 and "judge" not in counts

@@ -146,6 +146,12 @@ def test_diagnose_finds_no_ranking_signal_where_no_candidate_can_differ(tmp_path
     assert two["separation"] is two["nearest_correct"] is None and two["separated_prompts"] == 0
     assert attr["ranked"] == 1 and attr["top"] > attr["correct"] > attr["bottom"], attr
     assert not (tmp_path / "run").exists()  # a diagnosis writes nothing of a run
+    # --set: the same candidates (the same noise, reward and checker), seen in another feature space
+    assert main(["world", "diagnose", "--config", str(tmp_path / "train.yaml"), "--prompts", str(tmp_path / "prompts.jsonl"),
+                 "--by", "number", "--set", "features.options.keys=[image_embeds]", "--json", str(tmp_path / "embeds.json")]) == 0
+    embeds = {r["group"]: r for r in json.loads((tmp_path / "embeds.json").read_text())}["color_attr"]
+    assert {k: embeds[k] for k in ("ranked", "correct", "top", "bottom")} == {k: attr[k] for k in ("ranked", "correct", "top", "bottom")}
+    assert embeds["separation"] != attr["separation"]
 
 
 def test_separation_of_two_clusters_and_of_one():
@@ -182,3 +188,6 @@ def test_diagnose_refuses_what_it_cannot_read(tmp_path, capsys):
     assert "row 1 is not a GenEval row" in capsys.readouterr().err
     assert main(["world", "diagnose", "--config", "x", "--prompts", "y", "--per-group", "0"]) == 2
     assert "--per-group must be at least 1" in capsys.readouterr().err
+    assert main(["world", "diagnose", "--config", str(tmp_path / "drpo.yaml"), "--prompts", str(tmp_path / "prompts.txt"),
+                 "--set", "drpo.candidatez=3"]) == 2
+    assert "--set" in (err := capsys.readouterr().err) and "candidatez" in err

@@ -227,16 +227,21 @@ def _add_diagnose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", choices=["tag", "number"], default="tag", help="group prompts by tag, or counting prompts by their number")
     p.add_argument("--per-group", type=int, default=24, help="at most this many prompts per group (at least 1)")
     p.add_argument("--lora", help="a LoRA folder to load first (a checkpoint or final/); default: the base model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a train config value, as `drpo train --set` does: another feature space, e.g. "
+                        "--set 'features.options.keys=[image_embeds]'")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the candidates' noise (one stream in group order: a prompt's candidates also depend on --by and --per-group)")
     p.add_argument("--json", help="also write the rows as JSON here")
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:
+    from drpo.commands.train import parse_overrides
     from drpo.io import write_json
     from drpo.world.diagnose import format_rows, ranking_signal
 
-    rows = ranking_signal(args.config, args.prompts, by=args.by, per_group=args.per_group, seed=args.seed, lora=args.lora)
+    rows = ranking_signal(args.config, args.prompts, by=args.by, per_group=args.per_group, seed=args.seed, lora=args.lora,
+                          overrides=parse_overrides(args.overrides))
     print(format_rows(rows))
     if args.json:
         write_json(args.json, rows)

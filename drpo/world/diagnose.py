@@ -53,10 +53,11 @@ def _separation(feats: torch.Tensor, ok: torch.Tensor) -> tuple[float, float, fl
 
 
 def ranking_signal(train_config: str | Path, prompts: str | Path, *, by: str = "tag", per_group: int = 24,
-                   seed: int = 0, lora: str | None = None) -> list[dict]:
+                   seed: int = 0, lora: str | None = None, overrides: dict | None = None) -> list[dict]:
     """One row per group: its prompts and the shares above (means over its prompts; None where a
     group has no prompt with both correct and wrong candidates). The candidates' noise is one stream
-    in group order, so a prompt's candidates depend on `seed`, `by` and `per_group`."""
+    in group order, so a prompt's candidates depend on `seed`, `by` and `per_group`. `overrides`
+    (nested, as `drpo train --set` gives) change the train config first: another feature space."""
     from drpo.data.prompts import load_prompts
     from drpo.rewards import build_reward
     from drpo.train.config import load_train_config
@@ -65,7 +66,7 @@ def ranking_signal(train_config: str | Path, prompts: str | Path, *, by: str = "
 
     if per_group < 1:
         raise ValueError(f"drpo world diagnose: --per-group must be at least 1, got {per_group}")
-    cfg = load_train_config(train_config)
+    cfg = load_train_config(train_config, overrides)
     if cfg.method != "drpo":  # the question is what DrPO's ranking and feature space see
         raise UserError(f"{train_config}: method is {cfg.method!r}; drpo world diagnose reads a DrPO run's train config "
                         "(results/runs/drpo-s42/train.yaml)")
