@@ -179,3 +179,19 @@ def deep_merge(base: dict, override: dict) -> dict:
     for k, v in override.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# Blocks that name a component: an override naming another component replaces the block instead
+# of merging into it, so the default's options (a latent-MAE checkpoint path) never reach DINOv2.
+COMPONENT_BLOCKS = ("features",)
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """deep_merge, except that a component block (`features`) whose override names another
+    component is replaced, not merged."""
+    base = dict(base)
+    for key in COMPONENT_BLOCKS:
+        new = overrides.get(key)
+        if isinstance(new, dict) and "name" in new and new["name"] != base.get(key, {}).get("name"):
+            base.pop(key, None)
+    return deep_merge(base, overrides)

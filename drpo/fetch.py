@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
+from drpo.config import merge_overrides  # noqa: E402
 from drpo.errors import UserError  # noqa: E402
 from drpo.io import sha256_file  # noqa: E402  (re-exported: drpo.fetch.sha256_file)
 from drpo.train.registry import method_spec  # noqa: E402
@@ -460,7 +461,7 @@ def build_plan(config: dict, *, models_dir: str | None = None, pickapic_repo: st
     for run in wf.runs(config).values():
         if not method_spec(run.spec["method"]).features:
             continue
-        features = wf.merge_overrides(dict(defaults), run.overrides).get("features")
+        features = merge_overrides(dict(defaults), run.overrides).get("features")
         where = "training.defaults.features"
         if "features" in run.overrides:
             ablation = run.spec.get("ablation")

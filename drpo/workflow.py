@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from drpo.config import ConfigError, config_hash, deep_merge, load_yaml
+from drpo.config import ConfigError, config_hash, deep_merge, load_yaml, merge_overrides
 from drpo.contracts import Layout
 from drpo.train.registry import method_spec
 
@@ -254,20 +254,6 @@ def ablation_points(grid_name: str, grid: dict) -> list[str]:
                               "give the grid distinct `labels` (one per value): they then name its runs")
         slugs = labels
     return [f"{grid['run']}-{grid_name}-{slug}" for slug in slugs]
-
-
-# Blocks that name a component: an override naming another component replaces the block instead
-# of merging into it, so the default's options (a latent-MAE checkpoint path) never reach DINOv2.
-COMPONENT_BLOCKS = ("features",)
-
-
-def merge_overrides(base: dict, overrides: dict) -> dict:
-    base = dict(base)
-    for key in COMPONENT_BLOCKS:
-        new = overrides.get(key)
-        if isinstance(new, dict) and "name" in new and new["name"] != base.get(key, {}).get("name"):
-            base.pop(key, None)
-    return deep_merge(base, overrides)
 
 
 def _named_runs(config: dict) -> dict[str, tuple[dict, dict]]:

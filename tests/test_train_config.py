@@ -72,6 +72,17 @@ def test_an_error_the_overrides_bring_names_set_not_the_file(tmp_path):
     assert load_train_config(bad, {"steps": 4}).steps == 4  # --set may fix what the file got wrong
 
 
+def test_set_naming_another_feature_map_replaces_the_block(tmp_path):
+    """`--set features.name=latent` on a CLIP run: the CLIP's path must not reach the latent map."""
+    from drpo.train.config import load_train_config
+
+    run = tmp_path / "run.yaml"
+    run.write_text("method: drpo\nfeatures: {name: clip, options: {path: results/world/reward_model}}\n")
+    assert load_train_config(run, {"features": {"name": "latent"}}).features.options == {}
+    keys = load_train_config(run, {"features": {"options": {"keys": ["image_embeds"]}}}).features
+    assert keys.name == "clip" and keys.options == {"path": "results/world/reward_model", "keys": ["image_embeds"]}
+
+
 def test_prompt_rows_and_schedule_are_independent_of_process_count(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(f'{{"prompt": "p{i}", "tag": "t"}}\n' for i in range(10)))

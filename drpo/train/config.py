@@ -221,8 +221,9 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read a training YAML (reward may be a name, a spec, or a list of specs)."""
-    from drpo.config import deep_merge
+    """Read a training YAML (reward may be a name, a spec, or a list of specs); `overrides` (from
+    --set) merge in as a workflow run's do: `features.name=latent` replaces the whole features block."""
+    from drpo.config import merge_overrides
 
     data = load_yaml(path)
     if not data:  # not "the defaults": an empty file is far more often a mistake than a choice
@@ -236,7 +237,7 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     except ConfigError:
         file_ok = False  # maybe what --set is there to fix
     # an error that only the overrides bring is theirs: it names --set, not the file
-    return train_config_from_dict(deep_merge(data, overrides), source="--set" if file_ok else str(path))
+    return train_config_from_dict(merge_overrides(data, overrides), source="--set" if file_ok else str(path))
 
 
 def train_config_from_dict(data: dict, source: str = "config") -> TrainConfig:
